@@ -1,0 +1,1 @@
+//! inferpick agent

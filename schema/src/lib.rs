@@ -1,0 +1,16 @@
+//! inferpick's wire types, shared by the agent, the picker and the lab.
+//!
+//! - [`report`]: the `LoadReport` an agent pushes (schema version 1) and its validation.
+//! - [`pick`]: the picker API's `PickRequest`, `Decision`, `Done` and error body.
+//! - [`decode`]: JSON decoding whose errors name the field that was wrong.
+
+pub mod decode;
+pub mod pick;
+pub mod report;
+
+pub use decode::{DecodeError, decode_json, decode_reports};
+pub use pick::{Decision, DoneRequest, ErrorBody, PickRequest};
+pub use report::{
+    Adapters, AgentInfo, EndpointInfo, EngineKind, EngineStatus, Gpu, Limits, Load, LoadReport,
+    ModelEntry, SCHEMA_VERSION, ValidationError,
+};

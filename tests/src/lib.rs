@@ -1,0 +1,1 @@
+//! Helpers for inferpick cross-process tests.
