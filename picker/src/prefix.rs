@@ -1,0 +1,250 @@
+//! The approximate prefix index: which endpoint has probably cached which prompt blocks.
+//!
+//! The picker cannot see the engines' prefix caches, so it remembers its own decisions: a prompt is
+//! cut into fixed-size blocks, each block's hash is chained with the previous one (so a hash names the
+//! whole prefix up to it), and the blocks of every routed prompt are recorded for the endpoint that got
+//! it. Each endpoint keeps at most `capacity` blocks, least recently used first out, so memory is
+//! bounded by `capacity × endpoints`.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+/// Bytes per prompt block (64 characters of ASCII text).
+pub const BLOCK_BYTES: usize = 64;
+
+/// Chained hashes of the first `max_blocks` full blocks of `prompt`; a trailing partial block is not
+/// hashed because engines do not cache partial blocks either.
+pub fn block_hashes(prompt: &str, max_blocks: usize) -> Vec<u64> {
+    let mut prev = 0u64;
+    prompt
+        .as_bytes()
+        .chunks_exact(BLOCK_BYTES)
+        .take(max_blocks)
+        .map(|block| {
+            // `DefaultHasher::new()` uses fixed keys, so hashes are stable across runs and replicas.
+            let mut h = DefaultHasher::new();
+            prev.hash(&mut h);
+            block.hash(&mut h);
+            prev = h.finish();
+            prev
+        })
+        .collect()
+}
+
+/// The index key of a session id; kept apart from block hashes by a domain prefix.
+pub fn session_hash(session: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    "inferpick-session".hash(&mut h);
+    session.hash(&mut h);
+    h.finish()
+}
+
+/// One endpoint's recency list. Entries whose stamp no longer matches `holders` are stale and are
+/// skipped (lazy deletion keeps touches O(1)).
+#[derive(Debug, Default)]
+struct Lru {
+    order: VecDeque<(u64, u64)>,
+    live: usize,
+}
+
+/// Block hash → endpoints that probably hold it, with per-endpoint LRU bounds.
+#[derive(Debug)]
+pub struct PrefixIndex {
+    holders: HashMap<u64, Vec<(u32, u64)>>,
+    lrus: HashMap<u32, Lru>,
+    capacity: usize,
+    tick: u64,
+}
+
+impl PrefixIndex {
+    /// An empty index keeping at most `capacity` blocks per endpoint.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            holders: HashMap::new(),
+            lrus: HashMap::new(),
+            capacity: capacity.max(1),
+            tick: 0,
+        }
+    }
+
+    /// For every endpoint holding at least the first block: how many leading blocks it holds.
+    /// Sorted by endpoint id.
+    pub fn matches(&self, hashes: &[u64]) -> Vec<(u32, u32)> {
+        let Some(first) = hashes.first().and_then(|h| self.holders.get(h)) else {
+            return Vec::new();
+        };
+        let mut matched: Vec<(u32, u32)> = first.iter().map(|&(id, _)| (id, 1)).collect();
+        matched.sort_unstable();
+        for (depth, hash) in hashes.iter().enumerate().skip(1) {
+            let Some(holders) = self.holders.get(hash) else {
+                break;
+            };
+            let mut progressed = false;
+            for &(id, _) in holders {
+                if let Ok(i) = matched.binary_search_by_key(&id, |&(e, _)| e)
+                    && matched[i].1 as usize == depth
+                {
+                    matched[i].1 += 1;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        matched
+    }
+
+    /// Records that endpoint `id` now holds these blocks (most recent last).
+    pub fn insert(&mut self, id: u32, hashes: &[u64]) {
+        let lru = self.lrus.entry(id).or_default();
+        for &hash in hashes {
+            self.tick += 1;
+            let stamp = self.tick;
+            let holders = self.holders.entry(hash).or_default();
+            match holders.iter_mut().find(|(e, _)| *e == id) {
+                Some(entry) => entry.1 = stamp,
+                None => {
+                    holders.push((id, stamp));
+                    lru.live += 1;
+                }
+            }
+            lru.order.push_back((hash, stamp));
+        }
+        while lru.live > self.capacity {
+            let Some((hash, stamp)) = lru.order.pop_front() else {
+                break;
+            };
+            if remove_holder(&mut self.holders, hash, id, Some(stamp)) {
+                lru.live -= 1;
+            }
+        }
+        if lru.order.len() > 2 * self.capacity + 64 {
+            let holders = &self.holders;
+            lru.order.retain(|&(hash, stamp)| {
+                holders
+                    .get(&hash)
+                    .is_some_and(|hs| hs.iter().any(|&(e, s)| e == id && s == stamp))
+            });
+        }
+    }
+
+    /// Drops everything recorded for endpoint `id`.
+    pub fn forget(&mut self, id: u32) {
+        if let Some(lru) = self.lrus.remove(&id) {
+            for (hash, _) in lru.order {
+                remove_holder(&mut self.holders, hash, id, None);
+            }
+        }
+    }
+
+    /// Blocks recorded for endpoint `id`.
+    pub fn blocks_of(&self, id: u32) -> usize {
+        self.lrus.get(&id).map_or(0, |l| l.live)
+    }
+
+    /// Distinct block hashes in the index.
+    pub fn distinct_blocks(&self) -> usize {
+        self.holders.len()
+    }
+}
+
+/// Removes `id` from `hash`'s holders (only if its stamp is `stamp`, when given); true if removed.
+fn remove_holder(
+    holders: &mut HashMap<u64, Vec<(u32, u64)>>,
+    hash: u64,
+    id: u32,
+    stamp: Option<u64>,
+) -> bool {
+    let Some(list) = holders.get_mut(&hash) else {
+        return false;
+    };
+    let Some(pos) = list
+        .iter()
+        .position(|&(e, s)| e == id && stamp.is_none_or(|st| st == s))
+    else {
+        return false;
+    };
+    list.swap_remove(pos);
+    if list.is_empty() {
+        holders.remove(&hash);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompt(blocks: usize, tag: char) -> String {
+        std::iter::repeat_n(tag, blocks * BLOCK_BYTES).collect()
+    }
+
+    #[test]
+    fn hashes_chain_so_equal_blocks_at_different_depths_differ() {
+        let h = block_hashes(&prompt(3, 'a'), 100);
+        assert_eq!(h.len(), 3);
+        assert_ne!(h[0], h[1]);
+        assert_ne!(h[1], h[2]);
+        // A partial trailing block is ignored and the cap is honoured.
+        assert_eq!(
+            block_hashes(&format!("{}xyz", prompt(2, 'a')), 100).len(),
+            2
+        );
+        assert_eq!(block_hashes(&prompt(10, 'a'), 4).len(), 4);
+    }
+
+    #[test]
+    fn matches_count_the_common_leading_blocks() {
+        let mut idx = PrefixIndex::new(100);
+        let shared = prompt(2, 's');
+        let a = block_hashes(&format!("{shared}{}", prompt(2, 'a')), 100);
+        let b = block_hashes(&format!("{shared}{}", prompt(1, 'b')), 100);
+        idx.insert(1, &a);
+        idx.insert(2, &b);
+        let q = block_hashes(&format!("{shared}{}", prompt(3, 'a')), 100);
+        assert_eq!(idx.matches(&q), vec![(1, 4), (2, 2)]);
+        assert!(idx.matches(&block_hashes(&prompt(2, 'z'), 100)).is_empty());
+    }
+
+    #[test]
+    fn each_endpoint_is_bounded_and_evicts_least_recent() {
+        let mut idx = PrefixIndex::new(4);
+        let old = block_hashes(&prompt(4, 'o'), 100);
+        idx.insert(7, &old);
+        for i in 0..50 {
+            let p = format!("{}{}", i, prompt(3, 'n'));
+            idx.insert(7, &block_hashes(&p, 100));
+            assert!(idx.blocks_of(7) <= 4);
+        }
+        assert!(idx.matches(&old).is_empty(), "oldest blocks were evicted");
+        assert!(idx.distinct_blocks() <= 4);
+        assert!(idx.lrus[&7].order.len() <= 2 * 4 + 64);
+    }
+
+    #[test]
+    fn touching_a_block_keeps_it() {
+        let mut idx = PrefixIndex::new(2);
+        let a = block_hashes(&prompt(1, 'a'), 1);
+        let b = block_hashes(&prompt(1, 'b'), 1);
+        let c = block_hashes(&prompt(1, 'c'), 1);
+        idx.insert(1, &a);
+        idx.insert(1, &b);
+        idx.insert(1, &a); // a is now the most recent
+        idx.insert(1, &c); // evicts b
+        assert_eq!(idx.matches(&a), vec![(1, 1)]);
+        assert!(idx.matches(&b).is_empty());
+    }
+
+    #[test]
+    fn forget_removes_an_endpoint_entirely() {
+        let mut idx = PrefixIndex::new(10);
+        let a = block_hashes(&prompt(3, 'a'), 10);
+        idx.insert(1, &a);
+        idx.insert(2, &a);
+        idx.forget(1);
+        assert_eq!(idx.matches(&a), vec![(2, 3)]);
+        idx.forget(2);
+        assert_eq!(idx.distinct_blocks(), 0);
+    }
+}

@@ -1,0 +1,824 @@
+//! The scheduler: filters the table to the endpoints that may serve a request, scores them with the
+//! chosen profile, and records the decision into the in-flight estimate.
+//!
+//! `pick` is synchronous, reads no clock (`now` is an argument) and draws randomness from a seeded
+//! generator, so the simulator replays the production code deterministically.
+
+mod cost;
+mod gie;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use inferpick_schema::{Decision, PickRequest};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+use crate::prefix::{block_hashes, session_hash};
+use crate::table::{Endpoint, EndpointState, Snapshot, Table, name_hash};
+
+pub use cost::CostModel;
+
+/// A scheduling profile, named as in `--policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// Predicted time to first token with in-flight estimate, prefix credit and power-of-k.
+    Inferpick,
+    /// The Gateway API Inference Extension's weighted scorers (queue 2, KV 2, prefix 3, LoRA 1).
+    Gie,
+    /// Fewest requests (waiting + running + routed since the last report).
+    LeastRequest,
+    /// Each ready endpoint in turn.
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+}
+
+impl Policy {
+    /// Every profile.
+    pub const ALL: [Policy; 5] = [
+        Policy::Inferpick,
+        Policy::Gie,
+        Policy::LeastRequest,
+        Policy::RoundRobin,
+        Policy::Random,
+    ];
+
+    /// The CLI and config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Inferpick => "inferpick",
+            Policy::Gie => "gie",
+            Policy::LeastRequest => "least-request",
+            Policy::RoundRobin => "round-robin",
+            Policy::Random => "random",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A policy name that is not one of [`Policy::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown policy {0:?}: expected one of inferpick, gie, least-request, round-robin, random")]
+pub struct UnknownPolicy(pub String);
+
+impl FromStr for Policy {
+    type Err = UnknownPolicy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownPolicy(s.to_string()))
+    }
+}
+
+/// When an endpoint counts as saturated (GIE's saturation detector; thresholds from the config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saturation {
+    /// Waiting requests (plus routed in flight, for `inferpick`) at or above this saturate an endpoint.
+    pub queue_depth_threshold: u32,
+    /// KV cache utilization at or above this saturates an endpoint.
+    pub kv_cache_threshold: f64,
+}
+
+impl Default for Saturation {
+    fn default() -> Self {
+        Self {
+            queue_depth_threshold: 5,
+            kv_cache_threshold: 0.8,
+        }
+    }
+}
+
+/// One target of a model rewrite, chosen with probability proportional to `weight`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewriteTarget {
+    /// The model name endpoints serve.
+    pub model: String,
+    /// Relative weight (> 0).
+    pub weight: u32,
+}
+
+/// Everything a [`Scheduler`] needs besides the table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    /// Seed of every random choice (ties, power-of-k samples, rewrites, decision ids).
+    pub seed: u64,
+    /// Named objectives: name → priority.
+    pub objectives: HashMap<String, i32>,
+    /// Model rewrites: requested name → weighted targets.
+    pub rewrites: HashMap<String, Vec<RewriteTarget>>,
+    /// Saturation thresholds (shedding of negative priority).
+    pub saturation: Saturation,
+    /// The `inferpick` profile's cost model.
+    pub cost: CostModel,
+    /// Most leading prompt blocks hashed for prefix affinity.
+    pub prefix_max_blocks: usize,
+    /// `gie`: an endpoint whose report is older than this counts as saturated (GIE uses 200 ms).
+    pub gie_stale_after: Duration,
+    /// Most fallbacks a request may ask for.
+    pub max_fallbacks: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0x1f_e2_d3_c4,
+            objectives: HashMap::new(),
+            rewrites: HashMap::new(),
+            saturation: Saturation::default(),
+            cost: CostModel::default(),
+            prefix_max_blocks: 256,
+            gie_stale_after: Duration::from_millis(200),
+            max_fallbacks: 16,
+        }
+    }
+}
+
+/// A decision: where to send the request, and what to try next.
+#[derive(Debug, Clone)]
+pub struct Pick {
+    /// The chosen endpoint.
+    pub endpoint: Arc<str>,
+    /// Next-best endpoints, best first.
+    pub fallbacks: Vec<Arc<str>>,
+    /// Identifies the decision in `done` feedback.
+    pub decision_id: uuid::Uuid,
+    /// The model after rewrites.
+    pub model: String,
+    /// The chosen endpoint's pod, when its agent said.
+    pub pod: Option<String>,
+    /// The profile that decided.
+    pub policy: Policy,
+    /// The request's effective priority.
+    pub priority: i32,
+    /// Every candidate with its signals and score, when asked for.
+    pub explain: Option<Value>,
+}
+
+impl Pick {
+    /// The wire form.
+    pub fn into_decision(self) -> Decision {
+        Decision {
+            endpoint: self.endpoint.to_string(),
+            fallbacks: self.fallbacks.iter().map(|f| f.to_string()).collect(),
+            decision_id: self.decision_id.to_string(),
+            model: self.model,
+            pod: self.pod,
+            policy: self.policy.as_str().to_string(),
+            explain: self.explain,
+        }
+    }
+}
+
+/// Why no endpoint was chosen; each maps to one error code of the contract.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PickError {
+    /// `unknown_model` (404): no endpoint in the table lists the model.
+    #[error("model {model:?} is not served by any endpoint in the table")]
+    UnknownModel {
+        /// The requested (rewritten) model.
+        model: String,
+    },
+    /// `shed` (429): the pool is saturated and the request is sheddable.
+    #[error(
+        "every endpoint serving {model:?} is saturated and priority {priority} is sheddable; retry after {}s",
+        retry_after.as_secs()
+    )]
+    Shed {
+        /// The model.
+        model: String,
+        /// The request's priority (negative).
+        priority: i32,
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// `no_ready_endpoint` (503): endpoints serve the model, but none may be picked now.
+    #[error("no ready endpoint serves {model:?}: {reason}")]
+    NoReadyEndpoint {
+        /// The model.
+        model: String,
+        /// Why each endpoint was left out.
+        reason: String,
+    },
+    /// `invalid_request` (400).
+    #[error("{field}: {message}")]
+    InvalidRequest {
+        /// The request field at fault.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl PickError {
+    /// The contract's error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PickError::UnknownModel { .. } => "unknown_model",
+            PickError::Shed { .. } => "shed",
+            PickError::NoReadyEndpoint { .. } => "no_ready_endpoint",
+            PickError::InvalidRequest { .. } => "invalid_request",
+        }
+    }
+
+    /// The HTTP status of [`code`](Self::code).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            PickError::UnknownModel { .. } => 404,
+            PickError::Shed { .. } => 429,
+            PickError::NoReadyEndpoint { .. } => 503,
+            PickError::InvalidRequest { .. } => 400,
+        }
+    }
+
+    /// The `outcome` label of `inferpick_picker_decisions_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            PickError::UnknownModel { .. } => "unknown_model",
+            PickError::Shed { .. } => "shed",
+            PickError::NoReadyEndpoint { .. } => "no_endpoint",
+            PickError::InvalidRequest { .. } => "invalid",
+        }
+    }
+
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        PickError::InvalidRequest {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Most entries in `candidates` or `exclude`.
+const MAX_ADDRESS_LIST: usize = 4096;
+
+/// How the requested model relates to an endpoint's adapters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AdapterState {
+    /// The request is for a base model.
+    NotAdapter,
+    /// The engine does not report adapter state.
+    Unknown,
+    /// The adapter is loaded (has running requests).
+    Loaded,
+    /// Requests already wait for it.
+    Waiting,
+    /// Not loaded, and a slot is free.
+    FreeSlot,
+    /// Not loaded, and every slot is busy.
+    SlotsFull,
+}
+
+impl AdapterState {
+    fn of(endpoint: &Endpoint, model: &str, is_adapter: bool) -> Self {
+        if !is_adapter {
+            return AdapterState::NotAdapter;
+        }
+        let Some(a) = &endpoint.report.load.adapters else {
+            return AdapterState::Unknown;
+        };
+        if a.running.iter().any(|n| n == model) {
+            AdapterState::Loaded
+        } else if a.waiting.iter().any(|n| n == model) {
+            AdapterState::Waiting
+        } else if a.max_loaded.is_none_or(|m| (a.running.len() as u32) < m) {
+            AdapterState::FreeSlot
+        } else {
+            AdapterState::SlotsFull
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            AdapterState::NotAdapter => "not_adapter",
+            AdapterState::Unknown => "unknown",
+            AdapterState::Loaded => "loaded",
+            AdapterState::Waiting => "waiting",
+            AdapterState::FreeSlot => "free_slot",
+            AdapterState::SlotsFull => "slots_full",
+        }
+    }
+}
+
+/// An endpoint that passed the filters, with the signals every profile reads.
+#[derive(Debug)]
+pub(crate) struct Candidate<'a> {
+    pub(crate) endpoint: &'a Arc<Endpoint>,
+    /// Waiting requests as reported.
+    pub(crate) waiting: u64,
+    /// Running requests as reported.
+    pub(crate) running: u64,
+    /// Routed here since the last report.
+    pub(crate) inflight_requests: u64,
+    pub(crate) inflight_tokens: u64,
+    pub(crate) kv: Option<f64>,
+    /// Leading prompt blocks the prefix index says it holds.
+    pub(crate) cached_blocks: u32,
+    /// It served this session before.
+    pub(crate) session_hit: bool,
+    pub(crate) adapter: AdapterState,
+    /// Lower is better (profiles that maximize a score store its negation).
+    pub(crate) cost: f64,
+    /// Profile-specific parts of the cost, for `explain`.
+    pub(crate) parts: [f64; 5],
+}
+
+impl Candidate<'_> {
+    /// Requests the endpoint holds or will hold: waiting + running + routed since its report.
+    pub(crate) fn load(&self) -> u64 {
+        self.waiting + self.running + self.inflight_requests
+    }
+}
+
+/// What one request asks, resolved.
+#[derive(Debug)]
+pub(crate) struct Ask {
+    pub(crate) model: String,
+    pub(crate) priority: i32,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) blocks: Vec<u64>,
+    pub(crate) session: Option<u64>,
+}
+
+/// Decides, per request, which endpoint serves it. Cheap to share (`&self` everywhere).
+#[derive(Debug)]
+pub struct Scheduler {
+    policy: Policy,
+    config: SchedulerConfig,
+    /// Counts picks: the round-robin position, and the stream index of each pick's random generator.
+    counter: AtomicU64,
+}
+
+impl Scheduler {
+    /// A scheduler running `policy`.
+    pub fn new(policy: Policy, config: SchedulerConfig) -> Self {
+        Self {
+            policy,
+            config,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// The profile.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// Chooses an endpoint for `request` and records the choice into the in-flight estimate and
+    /// the prefix index of `table`.
+    pub fn pick(
+        &self,
+        table: &Table,
+        request: &PickRequest,
+        now: Duration,
+    ) -> Result<Pick, PickError> {
+        self.decide(table, request, now, false)
+    }
+
+    /// Like [`pick`](Self::pick), and fills [`Pick::explain`] with every endpoint's signals and score.
+    pub fn pick_explained(
+        &self,
+        table: &Table,
+        request: &PickRequest,
+        now: Duration,
+    ) -> Result<Pick, PickError> {
+        self.decide(table, request, now, true)
+    }
+
+    fn rng(&self) -> SmallRng {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        SmallRng::seed_from_u64(self.config.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    fn decide(
+        &self,
+        table: &Table,
+        request: &PickRequest,
+        now: Duration,
+        explain: bool,
+    ) -> Result<Pick, PickError> {
+        let mut rng = self.rng();
+        let snapshot = table.snapshot();
+        let ask = self.resolve(&snapshot, request, &mut rng)?;
+        let fallbacks = request
+            .fallbacks
+            .unwrap_or(inferpick_schema::pick::DEFAULT_FALLBACKS);
+        let candidates_filter = request.candidates.as_deref();
+        let exclude = request.exclude.as_deref().unwrap_or(&[]);
+
+        let model_hash = name_hash(&ask.model);
+        let mut serving = 0usize;
+        let (mut stale, mut not_ready, mut filtered) = (0usize, 0usize, 0usize);
+        let mut excluded: Vec<(&Arc<Endpoint>, &'static str)> = Vec::new();
+        let mut cands: Vec<Candidate<'_>> = Vec::with_capacity(snapshot.len());
+        let matches = if matches!(self.policy, Policy::Inferpick | Policy::Gie) {
+            let m = table.prefix_matches(&ask.blocks);
+            let s = ask
+                .session
+                .map(|k| table.prefix_matches(&[k]))
+                .unwrap_or_default();
+            (m, s)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        for endpoint in snapshot.iter() {
+            let Some(entry) = endpoint.model_by_hash(&ask.model, model_hash) else {
+                continue;
+            };
+            serving += 1;
+            let address: &str = &endpoint.address;
+            let reason = if candidates_filter.is_some_and(|c| !c.iter().any(|a| a == address)) {
+                filtered += 1;
+                Some("not in candidates")
+            } else if exclude.iter().any(|a| a == address) {
+                filtered += 1;
+                Some("excluded")
+            } else {
+                match endpoint.state(now, snapshot.max_report_age) {
+                    EndpointState::Ready => None,
+                    EndpointState::Stale => {
+                        stale += 1;
+                        Some("stale")
+                    }
+                    EndpointState::NotReady => {
+                        not_ready += 1;
+                        Some("not_ready")
+                    }
+                }
+            };
+            if let Some(reason) = reason {
+                if explain {
+                    excluded.push((endpoint, reason));
+                }
+                continue;
+            }
+            let load = &endpoint.report.load;
+            let inflight = endpoint.inflight();
+            let id = endpoint.live.id;
+            let lookup = |m: &[(u32, u32)]| {
+                m.binary_search_by_key(&id, |&(e, _)| e)
+                    .map(|i| m[i].1)
+                    .unwrap_or(0)
+            };
+            cands.push(Candidate {
+                endpoint,
+                waiting: load.requests_waiting.unwrap_or(0).into(),
+                running: load.requests_running.unwrap_or(0).into(),
+                inflight_requests: inflight.requests,
+                inflight_tokens: inflight.prompt_tokens,
+                kv: load.kv_cache_utilization,
+                cached_blocks: lookup(&matches.0),
+                session_hit: lookup(&matches.1) > 0,
+                adapter: AdapterState::of(endpoint, &ask.model, entry.adapter_of.is_some()),
+                cost: 0.0,
+                parts: [0.0; 5],
+            });
+        }
+        if serving == 0 {
+            return Err(if snapshot.is_empty() {
+                PickError::NoReadyEndpoint {
+                    model: ask.model,
+                    reason: "the table is empty (no agent has reported yet)".into(),
+                }
+            } else {
+                PickError::UnknownModel { model: ask.model }
+            });
+        }
+        if cands.is_empty() {
+            return Err(PickError::NoReadyEndpoint {
+                model: ask.model,
+                reason: format!(
+                    "{serving} endpoint(s) serve it: {stale} stale (no report within {:?}), {not_ready} not ready, {filtered} left out by candidates/exclude",
+                    snapshot.max_report_age
+                ),
+            });
+        }
+
+        let saturated = match self.policy {
+            Policy::Inferpick => {
+                cost::score(&mut cands, &ask, &self.config);
+                cost::pool_saturated(&cands, &self.config)
+            }
+            Policy::Gie => {
+                gie::score(&mut cands, &ask);
+                gie::pool_saturated(&cands, &self.config, now)
+            }
+            Policy::LeastRequest => {
+                for c in &mut cands {
+                    c.cost = c.load() as f64;
+                }
+                false
+            }
+            Policy::RoundRobin | Policy::Random => false,
+        };
+        if saturated && ask.priority < 0 {
+            let best = cands.iter().map(|c| c.cost).fold(f64::INFINITY, f64::min);
+            let retry_after = match self.policy {
+                Policy::Inferpick => Duration::from_secs(best.ceil().clamp(1.0, 30.0) as u64),
+                _ => Duration::from_secs(1),
+            };
+            return Err(PickError::Shed {
+                model: ask.model,
+                priority: ask.priority,
+                retry_after,
+            });
+        }
+
+        let order = self.choose(&cands, fallbacks as usize + 1, &mut rng);
+        let chosen = &cands[order[0]];
+        let decision_id = uuid::Builder::from_random_bytes(rng.random()).into_uuid();
+        let mut keys = ask.blocks.clone();
+        keys.extend(ask.session);
+        table.record(
+            chosen.endpoint,
+            decision_id.as_u128(),
+            ask.prompt_tokens,
+            &keys,
+        );
+
+        let explain = explain
+            .then(|| self.explain(&ask, &cands, &order, &excluded, saturated, now, &snapshot));
+        Ok(Pick {
+            endpoint: chosen.endpoint.address.clone(),
+            fallbacks: order[1..]
+                .iter()
+                .map(|&i| cands[i].endpoint.address.clone())
+                .collect(),
+            decision_id,
+            pod: chosen.endpoint.report.endpoint.pod.clone(),
+            model: ask.model,
+            policy: self.policy,
+            priority: ask.priority,
+            explain,
+        })
+    }
+
+    /// Validates the request and resolves its model, priority, token estimate and prefix keys.
+    fn resolve(
+        &self,
+        snapshot: &Snapshot,
+        r: &PickRequest,
+        rng: &mut SmallRng,
+    ) -> Result<Ask, PickError> {
+        if let Some(n) = r.fallbacks
+            && n > self.config.max_fallbacks
+        {
+            return Err(PickError::invalid(
+                "fallbacks",
+                format!("{n}: at most {} allowed", self.config.max_fallbacks),
+            ));
+        }
+        for (field, list) in [("candidates", &r.candidates), ("exclude", &r.exclude)] {
+            if let Some(l) = list
+                && l.len() > MAX_ADDRESS_LIST
+            {
+                return Err(PickError::invalid(
+                    field,
+                    format!("{} entries: at most {MAX_ADDRESS_LIST} allowed", l.len()),
+                ));
+            }
+        }
+        let priority = match (&r.objective, r.priority) {
+            (_, Some(p)) => p,
+            (Some(name), None) => *self.config.objectives.get(name).ok_or_else(|| {
+                let mut known: Vec<&str> =
+                    self.config.objectives.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                PickError::invalid(
+                    "objective",
+                    format!(
+                        "{name:?} is not a configured objective (configured: {})",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                )
+            })?,
+            (None, None) => 0,
+        };
+        let requested = match &r.model {
+            Some(m) if m.is_empty() => {
+                return Err(PickError::invalid("model", "empty: name a model"));
+            }
+            Some(m) => m.clone(),
+            None => only_model(snapshot)?,
+        };
+        let model = match self.config.rewrites.get(&requested) {
+            Some(targets) => weighted(targets, rng).unwrap_or(requested),
+            None => requested,
+        };
+        let cost = &self.config.cost;
+        let prompt_tokens = r
+            .prompt_tokens
+            .map(u64::from)
+            .or_else(|| {
+                r.prompt
+                    .as_ref()
+                    .map(|p| (p.len() as f64 / cost.chars_per_token).ceil() as u64)
+            })
+            .unwrap_or(cost.default_prompt_tokens);
+        let blocks = match (&r.prompt, self.policy) {
+            (Some(p), Policy::Inferpick | Policy::Gie) => {
+                block_hashes(p, self.config.prefix_max_blocks)
+            }
+            _ => Vec::new(),
+        };
+        let session = match self.policy {
+            Policy::Inferpick => r.session.as_deref().map(session_hash),
+            _ => None,
+        };
+        Ok(Ask {
+            model,
+            priority,
+            prompt_tokens,
+            blocks,
+            session,
+        })
+    }
+
+    /// Indices into `cands`: the chosen one first, then up to `n - 1` fallbacks.
+    fn choose(&self, cands: &[Candidate<'_>], n: usize, rng: &mut SmallRng) -> Vec<usize> {
+        let len = cands.len();
+        let n = n.min(len);
+        match self.policy {
+            Policy::RoundRobin => {
+                let start = self.counter.load(Ordering::Relaxed) as usize;
+                (0..n).map(|i| (start + i) % len).collect()
+            }
+            Policy::Random => {
+                let mut idx: Vec<usize> = (0..len).collect();
+                for i in 0..n {
+                    let j = rng.random_range(i..len);
+                    idx.swap(i, j);
+                }
+                idx.truncate(n);
+                idx
+            }
+            Policy::Inferpick => {
+                let first = cost::power_of_k(cands, &self.config.cost, rng);
+                best_rest(cands, first, n)
+            }
+            Policy::Gie | Policy::LeastRequest => {
+                let best = cands.iter().map(|c| c.cost).fold(f64::INFINITY, f64::min);
+                let ties: Vec<usize> = (0..len).filter(|&i| cands[i].cost <= best + 1e-9).collect();
+                let first = ties[rng.random_range(0..ties.len())];
+                best_rest(cands, first, n)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn explain(
+        &self,
+        ask: &Ask,
+        cands: &[Candidate<'_>],
+        order: &[usize],
+        excluded: &[(&Arc<Endpoint>, &'static str)],
+        saturated: bool,
+        now: Duration,
+        snapshot: &Snapshot,
+    ) -> Value {
+        let part_names: &[&str] = match self.policy {
+            Policy::Inferpick => &[
+                "prefill_s",
+                "batch_s",
+                "kv_pressure_s",
+                "adapter_s",
+                "session_credit_s",
+            ],
+            Policy::Gie => &["queue", "kv_cache", "prefix", "lora", "total"],
+            _ => &[],
+        };
+        let candidates: Vec<Value> = cands
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let parts: serde_json::Map<String, Value> = part_names
+                    .iter()
+                    .zip(c.parts)
+                    .map(|(k, v)| (k.to_string(), json!(v)))
+                    .collect();
+                json!({
+                    "endpoint": &*c.endpoint.address,
+                    "pod": c.endpoint.report.endpoint.pod,
+                    "age_ms": c.endpoint.age(now).as_secs_f64() * 1e3,
+                    "requests_waiting": c.waiting,
+                    "requests_running": c.running,
+                    "inflight_requests": c.inflight_requests,
+                    "inflight_prompt_tokens": c.inflight_tokens,
+                    "kv_cache_utilization": c.kv,
+                    "cached_blocks": c.cached_blocks,
+                    "session_hit": c.session_hit,
+                    "adapter": c.adapter.as_str(),
+                    "score": c.cost,
+                    "parts": parts,
+                    "rank": order.iter().position(|&o| o == i),
+                })
+            })
+            .collect();
+        let excluded: Vec<Value> = excluded
+            .iter()
+            .map(|(e, why)| json!({"endpoint": &*e.address, "reason": why, "age_ms": e.age(now).as_secs_f64() * 1e3}))
+            .collect();
+        json!({
+            "policy": self.policy.as_str(),
+            "model": ask.model,
+            "priority": ask.priority,
+            "prompt_tokens": ask.prompt_tokens,
+            "prompt_blocks": ask.blocks.len(),
+            "score_is": if self.policy == Policy::Gie { "negated weighted score (lower is better)" } else { "cost (lower is better)" },
+            "pool_saturated": saturated,
+            "max_report_age_ms": snapshot.max_report_age.as_secs_f64() * 1e3,
+            "candidates": candidates,
+            "excluded": excluded,
+        })
+    }
+}
+
+/// `first`, then the `n - 1` lowest-cost others, best first.
+fn best_rest(cands: &[Candidate<'_>], first: usize, n: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(n);
+    out.push(first);
+    if n > 1 {
+        let mut rest: Vec<usize> = (0..cands.len()).filter(|&i| i != first).collect();
+        let k = (n - 1).min(rest.len());
+        let by_cost = |a: &usize, b: &usize| cands[*a].cost.total_cmp(&cands[*b].cost);
+        if k < rest.len() {
+            rest.select_nth_unstable_by(k, by_cost);
+        }
+        rest.truncate(k);
+        rest.sort_by(by_cost);
+        out.extend(rest);
+    }
+    out
+}
+
+/// The one base model of the table, when the request names none.
+fn only_model(snapshot: &Snapshot) -> Result<String, PickError> {
+    let mut found: Option<&str> = None;
+    let mut others: Vec<&str> = Vec::new();
+    for e in snapshot.iter() {
+        for m in e.report.models.iter().filter(|m| m.adapter_of.is_none()) {
+            match found {
+                None => found = Some(&m.name),
+                Some(f) if f == m.name => {}
+                Some(_) => {
+                    if others.len() < 4 && !others.contains(&m.name.as_str()) {
+                        others.push(&m.name);
+                    }
+                }
+            }
+        }
+    }
+    match (found, others.is_empty()) {
+        (Some(m), true) => Ok(m.to_string()),
+        (Some(m), false) => Err(PickError::invalid(
+            "model",
+            format!(
+                "required: the table holds several models ({m}, {}…)",
+                others.join(", ")
+            ),
+        )),
+        (None, _) => Err(PickError::NoReadyEndpoint {
+            model: String::new(),
+            reason: "the table holds no model yet (no agent has reported one)".into(),
+        }),
+    }
+}
+
+fn weighted(targets: &[RewriteTarget], rng: &mut SmallRng) -> Option<String> {
+    let total: u64 = targets.iter().map(|t| u64::from(t.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut x = rng.random_range(0..total);
+    for t in targets {
+        if x < u64::from(t.weight) {
+            return Some(t.model.clone());
+        }
+        x -= u64::from(t.weight);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

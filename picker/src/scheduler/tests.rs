@@ -1,0 +1,669 @@
+//! Each profile's choices on hand-built tables.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use inferpick_schema::{Adapters, LoadReport, ModelEntry, PickRequest};
+
+use super::*;
+use crate::table::tests::{MODEL, report};
+use crate::table::{Table, TableConfig};
+
+const NOW: Duration = Duration::from_secs(100);
+const ADAPTER: &str = "sql-lora";
+
+fn pod(address: &str, waiting: u32, running: u32, kv: f64) -> LoadReport {
+    let mut r = report(address, 1);
+    r.load.requests_waiting = Some(waiting);
+    r.load.requests_running = Some(running);
+    r.load.kv_cache_utilization = Some(kv);
+    r
+}
+
+fn with_adapter(mut r: LoadReport, loaded: bool, slots_full: bool) -> LoadReport {
+    r.models.push(ModelEntry {
+        name: ADAPTER.into(),
+        adapter_of: Some(MODEL.into()),
+    });
+    let mut running: Vec<String> = Vec::new();
+    if loaded {
+        running.push(ADAPTER.into());
+    }
+    if slots_full {
+        running.extend(["a1", "a2", "a3", "a4"].into_iter().map(String::from));
+    }
+    running.truncate(4);
+    r.load.adapters = Some(Adapters {
+        running,
+        waiting: vec![],
+        max_loaded: Some(4),
+    });
+    r
+}
+
+fn table(reports: Vec<LoadReport>) -> Table {
+    let t = Table::new(TableConfig::default());
+    t.ingest_batch(reports, NOW).unwrap();
+    t
+}
+
+fn sched(policy: Policy) -> Scheduler {
+    Scheduler::new(policy, SchedulerConfig::default())
+}
+
+fn req() -> PickRequest {
+    PickRequest {
+        model: Some(MODEL.into()),
+        ..PickRequest::default()
+    }
+}
+
+fn pick(s: &Scheduler, t: &Table, r: &PickRequest) -> String {
+    s.pick(t, r, NOW).unwrap().endpoint.to_string()
+}
+
+const LOAD_AWARE: [Policy; 3] = [Policy::Inferpick, Policy::Gie, Policy::LeastRequest];
+
+#[test]
+fn least_loaded_wins() {
+    for policy in LOAD_AWARE {
+        let t = table(vec![
+            pod("10.0.0.1:8000", 6, 20, 0.7),
+            pod("10.0.0.2:8000", 0, 3, 0.1),
+            pod("10.0.0.3:8000", 3, 12, 0.5),
+        ]);
+        let s = sched(policy);
+        for _ in 0..3 {
+            // Between reports the in-flight estimate grows; a few picks stay on the idle pod.
+            assert_eq!(pick(&s, &t, &req()), "10.0.0.2:8000", "{policy}");
+        }
+    }
+}
+
+#[test]
+fn loaded_adapter_wins_over_a_slightly_less_loaded_pod_without_it() {
+    // GIE's queue scorer is min-max normalized, so for it "slightly" means an equal queue and a
+    // little less KV; `inferpick` sees one waiting request less as well.
+    for (policy, waiting) in [(Policy::Inferpick, (1, 0)), (Policy::Gie, (2, 2))] {
+        for slots_full in [false, true] {
+            let t = table(vec![
+                with_adapter(pod("10.0.0.1:8000", waiting.0, 8, 0.30), true, false),
+                with_adapter(pod("10.0.0.2:8000", waiting.1, 7, 0.28), false, slots_full),
+            ]);
+            let r = PickRequest {
+                model: Some(ADAPTER.into()),
+                ..PickRequest::default()
+            };
+            assert_eq!(
+                pick(&sched(policy), &t, &r),
+                "10.0.0.1:8000",
+                "{policy} slots_full={slots_full}"
+            );
+        }
+    }
+    // A base-model request does not care about adapters: the less loaded pod wins.
+    let t = table(vec![
+        with_adapter(pod("10.0.0.1:8000", 1, 8, 0.30), true, false),
+        with_adapter(pod("10.0.0.2:8000", 0, 7, 0.28), false, true),
+    ]);
+    assert_eq!(pick(&sched(Policy::Inferpick), &t, &req()), "10.0.0.2:8000");
+}
+
+#[test]
+fn stale_or_not_ready_endpoints_are_never_picked() {
+    for policy in Policy::ALL {
+        let t = Table::new(TableConfig::default());
+        // Idle but stale: its report arrived 2 s ago, past the 1 s bound.
+        t.ingest(
+            pod("10.0.0.1:8000", 0, 0, 0.0),
+            NOW - Duration::from_secs(2),
+        )
+        .unwrap();
+        let mut down = pod("10.0.0.2:8000", 0, 0, 0.0);
+        down.engine.ready = false;
+        t.ingest(down, NOW).unwrap();
+        t.ingest(pod("10.0.0.3:8000", 4, 30, 0.7), NOW).unwrap();
+        let s = sched(policy);
+        for _ in 0..30 {
+            let p = s.pick(&t, &req(), NOW).unwrap();
+            assert_eq!(&*p.endpoint, "10.0.0.3:8000", "{policy}");
+            assert!(
+                p.fallbacks.is_empty(),
+                "{policy}: no fallback may be stale or not ready"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_burst_between_two_reports_spreads_over_the_pool() {
+    for policy in [Policy::Inferpick, Policy::LeastRequest] {
+        let t = table(
+            (1..=5)
+                .map(|i| pod(&format!("10.0.0.{i}:8000"), 0, 0, 0.1))
+                .collect(),
+        );
+        let s = sched(policy);
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for _ in 0..100 {
+            let r = PickRequest {
+                prompt_tokens: Some(800),
+                ..req()
+            };
+            *counts.entry(pick(&s, &t, &r)).or_default() += 1;
+        }
+        assert_eq!(counts.len(), 5, "{policy}: {counts:?}");
+        assert!(
+            counts.values().all(|&n| (15..=25).contains(&n)),
+            "{policy}: {counts:?}"
+        );
+    }
+}
+
+#[test]
+fn a_newer_report_replaces_the_inflight_estimate() {
+    let t = table(vec![
+        pod("10.0.0.1:8000", 0, 0, 0.1),
+        pod("10.0.0.2:8000", 0, 0, 0.1),
+    ]);
+    let s = sched(Policy::LeastRequest);
+    for _ in 0..10 {
+        pick(&s, &t, &req());
+    }
+    let snap = t.snapshot();
+    let total: u64 = snap.iter().map(|e| e.inflight().requests).sum();
+    assert_eq!(total, 10);
+    let mut r = pod("10.0.0.1:8000", 0, 5, 0.1);
+    r.seq = 2;
+    t.ingest(r, NOW).unwrap();
+    assert_eq!(
+        t.snapshot()
+            .get("10.0.0.1:8000")
+            .unwrap()
+            .inflight()
+            .requests,
+        0
+    );
+    assert_eq!(
+        t.snapshot()
+            .get("10.0.0.2:8000")
+            .unwrap()
+            .inflight()
+            .requests,
+        5
+    );
+}
+
+#[test]
+fn done_feedback_lowers_the_estimate() {
+    let t = table(vec![pod("10.0.0.1:8000", 0, 0, 0.1)]);
+    let s = sched(Policy::Inferpick);
+    let p = s
+        .pick(
+            &t,
+            &PickRequest {
+                prompt_tokens: Some(300),
+                ..req()
+            },
+            NOW,
+        )
+        .unwrap();
+    let e = t.snapshot().get("10.0.0.1:8000").unwrap().clone();
+    assert_eq!(e.inflight().prompt_tokens, 300);
+    t.done(p.decision_id.as_u128(), NOW);
+    assert_eq!(e.inflight().requests, 0);
+    assert_eq!(e.inflight().prompt_tokens, 0);
+}
+
+fn saturated_pool() -> Table {
+    table(vec![
+        pod("10.0.0.1:8000", 7, 40, 0.5),
+        pod("10.0.0.2:8000", 2, 40, 0.85),
+    ])
+}
+
+#[test]
+fn shed_only_negative_priority_and_only_when_saturated() {
+    for policy in [Policy::Inferpick, Policy::Gie] {
+        let s = sched(policy);
+        let sheddable = PickRequest {
+            priority: Some(-1),
+            ..req()
+        };
+        match s.pick(&saturated_pool(), &sheddable, NOW) {
+            Err(e @ PickError::Shed { .. }) => {
+                assert_eq!((e.code(), e.http_status()), ("shed", 429));
+                let PickError::Shed { retry_after, .. } = e else {
+                    unreachable!()
+                };
+                assert!(retry_after >= Duration::from_secs(1));
+            }
+            other => panic!("{policy}: expected shed, got {other:?}"),
+        }
+        // Priority 0 and positive are never shed by the picker.
+        for p in [0, 10] {
+            s.pick(
+                &saturated_pool(),
+                &PickRequest {
+                    priority: Some(p),
+                    ..req()
+                },
+                NOW,
+            )
+            .unwrap_or_else(|e| panic!("{policy} priority {p}: {e}"));
+        }
+        // One unsaturated pod: nothing is shed.
+        let t = table(vec![
+            pod("10.0.0.1:8000", 7, 40, 0.5),
+            pod("10.0.0.2:8000", 1, 10, 0.3),
+        ]);
+        assert_eq!(pick(&s, &t, &sheddable), "10.0.0.2:8000", "{policy}");
+    }
+    // Baselines do not shed.
+    for policy in [Policy::LeastRequest, Policy::RoundRobin, Policy::Random] {
+        let r = PickRequest {
+            priority: Some(-1),
+            ..req()
+        };
+        sched(policy).pick(&saturated_pool(), &r, NOW).unwrap();
+    }
+}
+
+#[test]
+fn inflight_decisions_saturate_the_pool_for_inferpick() {
+    let t = table(vec![pod("10.0.0.1:8000", 0, 0, 0.1)]);
+    let s = sched(Policy::Inferpick);
+    for _ in 0..5 {
+        pick(&s, &t, &req());
+    }
+    let r = PickRequest {
+        priority: Some(-5),
+        ..req()
+    };
+    assert_eq!(s.pick(&t, &r, NOW).unwrap_err().code(), "shed");
+}
+
+#[test]
+fn objectives_set_priority() {
+    let mut config = SchedulerConfig::default();
+    config.objectives.insert("batch".into(), -1);
+    config.objectives.insert("chat".into(), 10);
+    let s = Scheduler::new(Policy::Inferpick, config);
+    let batch = PickRequest {
+        objective: Some("batch".into()),
+        ..req()
+    };
+    assert_eq!(
+        s.pick(&saturated_pool(), &batch, NOW).unwrap_err().code(),
+        "shed"
+    );
+    let chat = PickRequest {
+        objective: Some("chat".into()),
+        ..req()
+    };
+    assert_eq!(s.pick(&saturated_pool(), &chat, NOW).unwrap().priority, 10);
+    let unknown = PickRequest {
+        objective: Some("nope".into()),
+        ..req()
+    };
+    let err = s.pick(&saturated_pool(), &unknown, NOW).unwrap_err();
+    assert_eq!(err.code(), "invalid_request");
+    assert!(
+        err.to_string().contains("objective: \"nope\"") && err.to_string().contains("batch, chat"),
+        "{err}"
+    );
+}
+
+#[test]
+fn candidates_and_exclude_are_honoured() {
+    for policy in Policy::ALL {
+        let t = table(
+            (1..=4)
+                .map(|i| pod(&format!("10.0.0.{i}:8000"), 0, i, 0.1))
+                .collect(),
+        );
+        let s = sched(policy);
+        for _ in 0..20 {
+            let r = PickRequest {
+                candidates: Some(vec!["10.0.0.3:8000".into(), "10.0.0.4:8000".into()]),
+                exclude: Some(vec!["10.0.0.3:8000".into()]),
+                ..req()
+            };
+            let p = s.pick(&t, &r, NOW).unwrap();
+            assert_eq!(&*p.endpoint, "10.0.0.4:8000", "{policy}");
+            assert!(p.fallbacks.is_empty());
+        }
+        let none = PickRequest {
+            exclude: Some((1..=4).map(|i| format!("10.0.0.{i}:8000")).collect()),
+            ..req()
+        };
+        let err = s.pick(&t, &none, NOW).unwrap_err();
+        assert_eq!(err.code(), "no_ready_endpoint", "{policy}");
+        assert!(
+            err.to_string().contains("4 left out by candidates/exclude"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn fallbacks_are_distinct_best_first() {
+    let t = table(
+        (1..=6)
+            .map(|i| pod(&format!("10.0.0.{i}:8000"), i, 0, 0.1))
+            .collect(),
+    );
+    let p = sched(Policy::LeastRequest)
+        .pick(
+            &t,
+            &PickRequest {
+                fallbacks: Some(3),
+                ..req()
+            },
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(&*p.endpoint, "10.0.0.1:8000");
+    let f: Vec<&str> = p.fallbacks.iter().map(|f| &**f).collect();
+    assert_eq!(f, ["10.0.0.2:8000", "10.0.0.3:8000", "10.0.0.4:8000"]);
+    let too_many = PickRequest {
+        fallbacks: Some(17),
+        ..req()
+    };
+    assert_eq!(
+        sched(Policy::Inferpick)
+            .pick(&t, &too_many, NOW)
+            .unwrap_err()
+            .code(),
+        "invalid_request"
+    );
+    for policy in [Policy::RoundRobin, Policy::Random] {
+        let p = sched(policy)
+            .pick(
+                &t,
+                &PickRequest {
+                    fallbacks: Some(5),
+                    ..req()
+                },
+                NOW,
+            )
+            .unwrap();
+        let mut all: Vec<&str> = p.fallbacks.iter().map(|f| &**f).collect();
+        all.push(&p.endpoint);
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 6, "{policy}");
+    }
+}
+
+#[test]
+fn round_robin_takes_each_in_turn() {
+    let t = table(
+        (1..=3)
+            .map(|i| pod(&format!("10.0.0.{i}:8000"), 0, 0, 0.0))
+            .collect(),
+    );
+    let s = sched(Policy::RoundRobin);
+    let seq: Vec<String> = (0..6).map(|_| pick(&s, &t, &req())).collect();
+    assert_eq!(seq[0..3], seq[3..6]);
+    let mut first = seq[0..3].to_vec();
+    first.sort();
+    first.dedup();
+    assert_eq!(first.len(), 3);
+}
+
+#[test]
+fn same_seed_same_choices() {
+    for policy in Policy::ALL {
+        let run = || {
+            let t = table(
+                (1..=8)
+                    .map(|i| pod(&format!("10.0.0.{i}:8000"), 0, 0, 0.0))
+                    .collect(),
+            );
+            let s = sched(policy);
+            (0..40)
+                .map(|_| {
+                    let p = s.pick(&t, &req(), NOW).unwrap();
+                    format!("{} {}", p.endpoint, p.decision_id)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run(), "{policy}");
+    }
+    let t = table(
+        (1..=8)
+            .map(|i| pod(&format!("10.0.0.{i}:8000"), 0, 0, 0.0))
+            .collect(),
+    );
+    let s = sched(Policy::Random);
+    let seen: std::collections::HashSet<String> = (0..40).map(|_| pick(&s, &t, &req())).collect();
+    assert!(seen.len() > 1, "the random stream advances with every pick");
+}
+
+fn long_prompt(prefix: char, user: &str) -> String {
+    format!(
+        "{}{user}",
+        std::iter::repeat_n(prefix, 64 * 40).collect::<String>()
+    )
+}
+
+#[test]
+fn prefix_affinity_prefers_the_pod_that_has_the_prefix() {
+    for policy in [Policy::Inferpick, Policy::Gie] {
+        let t = table(
+            (1..=4)
+                .map(|i| pod(&format!("10.0.0.{i}:8000"), 0, 2, 0.2))
+                .collect(),
+        );
+        let s = sched(policy);
+        let first = s
+            .pick(
+                &t,
+                &PickRequest {
+                    prompt: Some(long_prompt('s', "question one")),
+                    ..req()
+                },
+                NOW,
+            )
+            .unwrap();
+        // Refresh every pod's report so the first pick's in-flight share is closed again.
+        let mut reports: Vec<LoadReport> = (1..=4)
+            .map(|i| pod(&format!("10.0.0.{i}:8000"), 0, 2, 0.2))
+            .collect();
+        for r in &mut reports {
+            r.seq = 2;
+        }
+        t.ingest_batch(reports, NOW).unwrap();
+        let second = s
+            .pick_explained(
+                &t,
+                &PickRequest {
+                    prompt: Some(long_prompt('s', "another question")),
+                    ..req()
+                },
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(second.endpoint, first.endpoint, "{policy}");
+        let explain = second.explain.unwrap();
+        let hit = explain["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["endpoint"] == *first.endpoint)
+            .unwrap();
+        assert_eq!(hit["cached_blocks"], 40, "{policy}");
+    }
+}
+
+#[test]
+fn imbalance_guard_drops_prefix_credit_on_an_overloaded_pod() {
+    let t = table(vec![
+        pod("10.0.0.1:8000", 0, 2, 0.2),
+        pod("10.0.0.2:8000", 0, 2, 0.2),
+    ]);
+    let s = sched(Policy::Inferpick);
+    let prompt = long_prompt('p', "x");
+    let first = s
+        .pick(
+            &t,
+            &PickRequest {
+                prompt: Some(prompt.clone()),
+                ..req()
+            },
+            NOW,
+        )
+        .unwrap();
+    let other = if &*first.endpoint == "10.0.0.1:8000" {
+        "10.0.0.2:8000"
+    } else {
+        "10.0.0.1:8000"
+    };
+    // The cached pod is now far busier than the pool minimum.
+    let mut busy = pod(&first.endpoint, 30, 60, 0.5);
+    busy.seq = 2;
+    let mut idle = pod(other, 0, 2, 0.2);
+    idle.seq = 2;
+    t.ingest_batch(vec![busy, idle], NOW).unwrap();
+    let p = s
+        .pick_explained(
+            &t,
+            &PickRequest {
+                prompt: Some(prompt),
+                ..req()
+            },
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(&*p.endpoint, other);
+}
+
+#[test]
+fn session_affinity_keeps_a_session_on_its_pod() {
+    let t = table(
+        (1..=4)
+            .map(|i| pod(&format!("10.0.0.{i}:8000"), 0, 1, 0.1))
+            .collect(),
+    );
+    let s = sched(Policy::Inferpick);
+    let r = PickRequest {
+        session: Some("user-42".into()),
+        prompt_tokens: Some(100),
+        ..req()
+    };
+    let first = pick(&s, &t, &r);
+    for seq in 2..6 {
+        let reports = (1..=4)
+            .map(|i| {
+                let mut p = pod(&format!("10.0.0.{i}:8000"), 0, 1, 0.1);
+                p.seq = seq;
+                p
+            })
+            .collect();
+        t.ingest_batch(reports, NOW).unwrap();
+        assert_eq!(pick(&s, &t, &r), first);
+    }
+}
+
+#[test]
+fn model_resolution_errors_map_to_contract_codes() {
+    let s = sched(Policy::Inferpick);
+    let empty = Table::new(TableConfig::default());
+    let err = s.pick(&empty, &req(), NOW).unwrap_err();
+    assert_eq!((err.code(), err.http_status()), ("no_ready_endpoint", 503));
+
+    let t = table(vec![pod("10.0.0.1:8000", 0, 0, 0.0)]);
+    let err = s
+        .pick(
+            &t,
+            &PickRequest {
+                model: Some("gpt-5".into()),
+                ..req()
+            },
+            NOW,
+        )
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.http_status(), err.outcome()),
+        ("unknown_model", 404, "unknown_model")
+    );
+    // The only model in the table is used when the request names none.
+    assert_eq!(
+        s.pick(&t, &PickRequest::default(), NOW).unwrap().model,
+        MODEL
+    );
+
+    let mut other = pod("10.0.0.2:8000", 0, 0, 0.0);
+    other.models[0].name = "Qwen/Qwen3-8B".into();
+    t.ingest(other, NOW).unwrap();
+    let err = s.pick(&t, &PickRequest::default(), NOW).unwrap_err();
+    assert_eq!(err.code(), "invalid_request");
+    assert!(err.to_string().starts_with("model: required"), "{err}");
+}
+
+#[test]
+fn rewrites_send_a_name_to_its_targets_by_weight() {
+    let mut config = SchedulerConfig::default();
+    config.rewrites.insert(
+        "llama".into(),
+        vec![RewriteTarget {
+            model: MODEL.into(),
+            weight: 100,
+        }],
+    );
+    let s = Scheduler::new(Policy::Inferpick, config);
+    let t = table(vec![pod("10.0.0.1:8000", 0, 0, 0.0)]);
+    let p = s
+        .pick(
+            &t,
+            &PickRequest {
+                model: Some("llama".into()),
+                ..PickRequest::default()
+            },
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(p.model, MODEL);
+}
+
+#[test]
+fn explain_lists_every_endpoint_with_signals_and_score() {
+    let t = Table::new(TableConfig::default());
+    t.ingest(pod("10.0.0.1:8000", 1, 2, 0.3), NOW).unwrap();
+    t.ingest(
+        pod("10.0.0.2:8000", 0, 0, 0.0),
+        NOW - Duration::from_secs(5),
+    )
+    .unwrap();
+    for policy in Policy::ALL {
+        let p = sched(policy).pick_explained(&t, &req(), NOW).unwrap();
+        let e = p.explain.unwrap();
+        assert_eq!(e["policy"], policy.as_str());
+        let c = &e["candidates"][0];
+        assert_eq!(c["endpoint"], "10.0.0.1:8000");
+        assert_eq!(c["requests_waiting"], 1);
+        assert_eq!(c["rank"], 0);
+        assert!(c["score"].is_number());
+        assert_eq!(e["excluded"][0]["reason"], "stale");
+    }
+    assert!(
+        sched(Policy::Inferpick)
+            .pick(&t, &req(), NOW)
+            .unwrap()
+            .explain
+            .is_none()
+    );
+}
+
+#[test]
+fn policy_names_round_trip() {
+    for p in Policy::ALL {
+        assert_eq!(p.as_str().parse::<Policy>().unwrap(), p);
+    }
+    let err = "fastest".parse::<Policy>().unwrap_err().to_string();
+    assert!(
+        err.contains("\"fastest\"") && err.contains("least-request"),
+        "{err}"
+    );
+}

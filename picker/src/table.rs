@@ -1,0 +1,810 @@
+//! The endpoint table: the latest report of every endpoint, published as immutable snapshots.
+//!
+//! Writers (ingest, forgetting) build a new copy of one shard and swap it in with `arc-swap`; readers
+//! take a [`Snapshot`] without ever waiting for a writer. Sharding keeps a report's copy small when the
+//! table holds thousands of endpoints. What changes between reports — the in-flight estimate, the
+//! routed counter — lives in atomics shared by every snapshot of the same endpoint.
+//!
+//! Time is an argument everywhere (`now`, from an arbitrary origin), so the simulator can drive the
+//! same code with simulated time.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use inferpick_schema::{LoadReport, ValidationError};
+
+use crate::prefix::PrefixIndex;
+
+const SHARDS: usize = 64;
+
+/// How the table ages and bounds what it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableConfig {
+    /// An endpoint whose last report arrived longer ago than this is stale and is not picked.
+    pub max_report_age: Duration,
+    /// An endpoint silent this long is dropped by [`Table::forget_silent`].
+    pub forget_after: Duration,
+    /// Most decisions kept open for `done` feedback; the oldest are dropped first.
+    pub max_open_decisions: usize,
+    /// Most prompt blocks the prefix index keeps per endpoint.
+    pub prefix_blocks_per_endpoint: usize,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        Self {
+            max_report_age: Duration::from_secs(1),
+            forget_after: Duration::from_secs(60),
+            max_open_decisions: 100_000,
+            prefix_blocks_per_endpoint: 8192,
+        }
+    }
+}
+
+/// Whether an endpoint may be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndpointState {
+    /// Fresh report, engine ready.
+    Ready,
+    /// The last report is older than `max_report_age`.
+    Stale,
+    /// Fresh report, but the engine is not ready (or its agent could not scrape it).
+    NotReady,
+}
+
+impl EndpointState {
+    /// Every state, in metric order.
+    pub const ALL: [EndpointState; 3] = [Self::Ready, Self::Stale, Self::NotReady];
+
+    /// The name used in metrics and `/v1/endpoints`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Stale => "stale",
+            Self::NotReady => "not_ready",
+        }
+    }
+}
+
+/// What the picker routed to an endpoint since its last report and has not seen finish.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Inflight {
+    /// Requests.
+    pub requests: u64,
+    /// Their prompt tokens (estimated when the gateway did not say).
+    pub prompt_tokens: u64,
+}
+
+/// Per-endpoint state that outlives a single report.
+#[derive(Debug)]
+pub(crate) struct Live {
+    /// Small stable id, used as the prefix index's key.
+    pub(crate) id: u32,
+    inflight_requests: AtomicU64,
+    inflight_tokens: AtomicU64,
+    /// Bumped by every accepted report: decisions of an older epoch are already in the engine's counts.
+    epoch: AtomicU64,
+    routed_total: AtomicU64,
+}
+
+impl Live {
+    fn new(id: u32) -> Self {
+        Self {
+            id,
+            inflight_requests: AtomicU64::new(0),
+            inflight_tokens: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            routed_total: AtomicU64::new(0),
+        }
+    }
+
+    fn close_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.inflight_requests.store(0, Ordering::Release);
+        self.inflight_tokens.store(0, Ordering::Release);
+    }
+}
+
+/// One endpoint as of its latest accepted report. Immutable; a new report makes a new one.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// `host:port`, the endpoint's identity.
+    pub address: Arc<str>,
+    /// The report as received.
+    pub report: Arc<LoadReport>,
+    /// When it arrived, on the picker's clock.
+    pub arrived_at: Duration,
+    /// Highest prompt throughput seen recently (decays slowly): an idle engine reports a low rate,
+    /// so its last rate says little about what it can do.
+    pub peak_prompt_tokens_per_second: Option<f64>,
+    model_hashes: Box<[u64]>,
+    pub(crate) live: Arc<Live>,
+}
+
+/// How much of the previous peak survives each report (0.999 per 100 ms halves it in about 70 s).
+const PEAK_DECAY: f64 = 0.999;
+
+pub(crate) fn name_hash(name: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
+}
+
+impl Endpoint {
+    fn new(
+        report: LoadReport,
+        arrived_at: Duration,
+        previous_peak: Option<f64>,
+        live: Arc<Live>,
+    ) -> Self {
+        let observed = report.load.prompt_tokens_per_second;
+        let peak = match (observed, previous_peak) {
+            (Some(o), Some(p)) => Some(o.max(p * PEAK_DECAY)),
+            (o, p) => o.or(p.map(|p| p * PEAK_DECAY)),
+        };
+        let model_hashes = report.models.iter().map(|m| name_hash(&m.name)).collect();
+        Self {
+            address: report.endpoint.address.as_str().into(),
+            report: Arc::new(report),
+            arrived_at,
+            peak_prompt_tokens_per_second: peak,
+            model_hashes,
+            live,
+        }
+    }
+
+    /// How long ago its last report arrived.
+    pub fn age(&self, now: Duration) -> Duration {
+        now.saturating_sub(self.arrived_at)
+    }
+
+    /// Ready, stale or not ready, as of `now`.
+    pub fn state(&self, now: Duration, max_report_age: Duration) -> EndpointState {
+        if self.age(now) > max_report_age {
+            EndpointState::Stale
+        } else if !self.report.engine.ready {
+            EndpointState::NotReady
+        } else {
+            EndpointState::Ready
+        }
+    }
+
+    /// The in-flight estimate now.
+    pub fn inflight(&self) -> Inflight {
+        Inflight {
+            requests: self.live.inflight_requests.load(Ordering::Acquire),
+            prompt_tokens: self.live.inflight_tokens.load(Ordering::Acquire),
+        }
+    }
+
+    /// Decisions routed here since the endpoint entered the table.
+    pub fn routed_total(&self) -> u64 {
+        self.live.routed_total.load(Ordering::Relaxed)
+    }
+
+    /// The model entry this endpoint lists under `name` (base model or adapter), if any.
+    pub fn model(&self, name: &str) -> Option<&inferpick_schema::ModelEntry> {
+        self.model_by_hash(name, name_hash(name))
+    }
+
+    pub(crate) fn model_by_hash(
+        &self,
+        name: &str,
+        hash: u64,
+    ) -> Option<&inferpick_schema::ModelEntry> {
+        self.model_hashes
+            .iter()
+            .position(|&h| h == hash)
+            .map(|i| &self.report.models[i])
+            .filter(|m| m.name == name)
+    }
+}
+
+/// The result of accepting (or deliberately ignoring) a valid report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// A new endpoint entered the table.
+    Added,
+    /// A newer report from the same agent replaced the previous one.
+    Updated,
+    /// A different (newer) agent now reports for this endpoint: the agent or its pod restarted.
+    Restarted,
+    /// Ignored: not newer than what the table holds (a reordered or duplicated push).
+    OutOfOrder,
+    /// Ignored: sent by an agent older than the one that reports for this endpoint now.
+    Superseded,
+}
+
+impl IngestOutcome {
+    /// Whether the table changed.
+    pub fn accepted(self) -> bool {
+        matches!(self, Self::Added | Self::Updated | Self::Restarted)
+    }
+}
+
+/// A report the table refused; nothing was changed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{prefix}{source} (report for {address})", prefix = index.map(|i| format!("[{i}].")).unwrap_or_default())]
+pub struct IngestError {
+    /// Position in a batch, when the report came in one.
+    pub index: Option<usize>,
+    /// The endpoint address the report claimed.
+    pub address: String,
+    /// The rule it broke.
+    #[source]
+    pub source: ValidationError,
+}
+
+impl IngestError {
+    /// The JSON path of the offending field (`[2].load.kv_cache_utilization`).
+    pub fn field(&self) -> String {
+        match self.index {
+            Some(i) => format!("[{i}].{}", self.source.field),
+            None => self.source.field.clone(),
+        }
+    }
+}
+
+/// An immutable view of the whole table.
+#[derive(Debug)]
+pub struct Snapshot {
+    shards: Vec<Arc<Vec<Arc<Endpoint>>>>,
+    /// The staleness bound in force when the snapshot was taken.
+    pub max_report_age: Duration,
+}
+
+impl Snapshot {
+    /// Every endpoint, in a stable order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    /// How many endpoints the table holds.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| s.is_empty())
+    }
+
+    /// The endpoint at `address`.
+    pub fn get(&self, address: &str) -> Option<&Arc<Endpoint>> {
+        let shard = &self.shards[shard_of(address)];
+        shard
+            .binary_search_by(|e| (*e.address).cmp(address))
+            .ok()
+            .map(|i| &shard[i])
+    }
+}
+
+fn shard_of(address: &str) -> usize {
+    (name_hash(address) % SHARDS as u64) as usize
+}
+
+#[derive(Debug)]
+struct Shard {
+    current: ArcSwap<Vec<Arc<Endpoint>>>,
+    /// Serializes writers of this shard; readers never take it.
+    write: Mutex<()>,
+}
+
+/// A decision still waiting for `done` feedback.
+#[derive(Debug)]
+struct Open {
+    live: Arc<Live>,
+    epoch: u64,
+    prompt_tokens: u64,
+}
+
+#[derive(Debug, Default)]
+struct OpenDecisions {
+    open: HashMap<u128, Open>,
+    order: VecDeque<u128>,
+}
+
+/// What `done` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoneOutcome {
+    /// The decision was open and its in-flight share was removed (or was already covered by a newer report).
+    Closed,
+    /// No open decision has this id (already closed, dropped for memory, or never made here).
+    Unknown,
+}
+
+/// The thread-safe endpoint table. Reads never block; see the module docs.
+#[derive(Debug)]
+pub struct Table {
+    config: ArcSwap<TableConfig>,
+    shards: Box<[Shard]>,
+    decisions: Mutex<OpenDecisions>,
+    prefix: Mutex<PrefixIndex>,
+    next_id: AtomicU32,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every critical section
+/// here leaves it consistent), so poisoning is not a reason to stop routing.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Table {
+    /// An empty table.
+    pub fn new(config: TableConfig) -> Self {
+        let prefix = PrefixIndex::new(config.prefix_blocks_per_endpoint);
+        Self {
+            config: ArcSwap::from_pointee(config),
+            shards: (0..SHARDS)
+                .map(|_| Shard {
+                    current: ArcSwap::from_pointee(Vec::new()),
+                    write: Mutex::new(()),
+                })
+                .collect(),
+            decisions: Mutex::new(OpenDecisions::default()),
+            prefix: Mutex::new(prefix),
+            next_id: AtomicU32::new(0),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<TableConfig> {
+        self.config.load_full()
+    }
+
+    /// Replaces the configuration (config reload). The prefix bound applies to new insertions.
+    pub fn set_config(&self, config: TableConfig) {
+        self.config.store(Arc::new(config));
+    }
+
+    /// The current table, without waiting for writers.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::new(Snapshot {
+            shards: self.shards.iter().map(|s| s.current.load_full()).collect(),
+            max_report_age: self.config.load().max_report_age,
+        })
+    }
+
+    /// Validates and applies one report.
+    pub fn ingest(&self, report: LoadReport, now: Duration) -> Result<IngestOutcome, IngestError> {
+        report.validate().map_err(|source| IngestError {
+            index: None,
+            address: report.endpoint.address.clone(),
+            source,
+        })?;
+        Ok(self.apply(vec![report], now)[0])
+    }
+
+    /// Validates every report, then applies them all (publishing each touched shard once); if one
+    /// is invalid, none is applied and the error names its index.
+    pub fn ingest_batch(
+        &self,
+        reports: Vec<LoadReport>,
+        now: Duration,
+    ) -> Result<Vec<IngestOutcome>, IngestError> {
+        for (i, r) in reports.iter().enumerate() {
+            r.validate().map_err(|source| IngestError {
+                index: Some(i),
+                address: r.endpoint.address.clone(),
+                source,
+            })?;
+        }
+        Ok(self.apply(reports, now))
+    }
+
+    fn apply(&self, reports: Vec<LoadReport>, now: Duration) -> Vec<IngestOutcome> {
+        let mut outcomes = vec![IngestOutcome::OutOfOrder; reports.len()];
+        let mut by_shard: Vec<Vec<(usize, LoadReport)>> = Vec::new();
+        by_shard.resize_with(SHARDS, Vec::new);
+        for (i, r) in reports.into_iter().enumerate() {
+            by_shard[shard_of(&r.endpoint.address)].push((i, r));
+        }
+        for (shard, group) in self.shards.iter().zip(by_shard) {
+            if group.is_empty() {
+                continue;
+            }
+            let _writer = lock(&shard.write);
+            let mut entries: Vec<Arc<Endpoint>> = shard.current.load().as_ref().clone();
+            let mut changed = false;
+            for (i, report) in group {
+                let outcome = self.apply_one(&mut entries, report, now);
+                changed |= outcome.accepted();
+                outcomes[i] = outcome;
+            }
+            if changed {
+                shard.current.store(Arc::new(entries));
+            }
+        }
+        outcomes
+    }
+
+    fn apply_one(
+        &self,
+        entries: &mut Vec<Arc<Endpoint>>,
+        report: LoadReport,
+        now: Duration,
+    ) -> IngestOutcome {
+        let address = report.endpoint.address.as_str();
+        match entries.binary_search_by(|e| (*e.address).cmp(address)) {
+            Err(pos) => {
+                let live = Arc::new(Live::new(self.next_id.fetch_add(1, Ordering::Relaxed)));
+                entries.insert(pos, Arc::new(Endpoint::new(report, now, None, live)));
+                IngestOutcome::Added
+            }
+            Ok(pos) => {
+                let prev = &entries[pos];
+                let outcome = if prev.report.agent.id == report.agent.id {
+                    if report.seq <= prev.report.seq {
+                        return IngestOutcome::OutOfOrder;
+                    }
+                    IngestOutcome::Updated
+                } else {
+                    if report.agent.started_at_ms < prev.report.agent.started_at_ms {
+                        return IngestOutcome::Superseded;
+                    }
+                    IngestOutcome::Restarted
+                };
+                // The engine's own counts now include everything routed before this report.
+                prev.live.close_epoch();
+                let live = prev.live.clone();
+                let peak = prev.peak_prompt_tokens_per_second;
+                entries[pos] = Arc::new(Endpoint::new(report, now, peak, live));
+                outcome
+            }
+        }
+    }
+
+    /// Drops endpoints silent for longer than `forget_after`; returns how many.
+    pub fn forget_silent(&self, now: Duration) -> usize {
+        let forget_after = self.config.load().forget_after;
+        let mut forgotten = Vec::new();
+        for shard in self.shards.iter() {
+            if shard
+                .current
+                .load()
+                .iter()
+                .all(|e| e.age(now) <= forget_after)
+            {
+                continue;
+            }
+            let _writer = lock(&shard.write);
+            let (keep, drop): (Vec<_>, Vec<_>) = shard
+                .current
+                .load()
+                .iter()
+                .cloned()
+                .partition(|e| e.age(now) <= forget_after);
+            forgotten.extend(drop.iter().map(|e| e.live.id));
+            shard.current.store(Arc::new(keep));
+        }
+        if !forgotten.is_empty() {
+            let mut prefix = lock(&self.prefix);
+            for id in &forgotten {
+                prefix.forget(*id);
+            }
+        }
+        forgotten.len()
+    }
+
+    /// Counts a decision into `endpoint`'s in-flight estimate and the prefix index, and keeps it
+    /// open for `done` feedback.
+    pub(crate) fn record(
+        &self,
+        endpoint: &Endpoint,
+        decision_id: u128,
+        prompt_tokens: u64,
+        prefix_keys: &[u64],
+    ) {
+        let live = &endpoint.live;
+        let epoch = live.epoch.load(Ordering::Acquire);
+        live.inflight_requests.fetch_add(1, Ordering::AcqRel);
+        live.inflight_tokens
+            .fetch_add(prompt_tokens, Ordering::AcqRel);
+        live.routed_total.fetch_add(1, Ordering::Relaxed);
+        if !prefix_keys.is_empty() {
+            lock(&self.prefix).insert(live.id, prefix_keys);
+        }
+        let cap = self.config.load().max_open_decisions;
+        let mut d = lock(&self.decisions);
+        d.open.insert(
+            decision_id,
+            Open {
+                live: live.clone(),
+                epoch,
+                prompt_tokens,
+            },
+        );
+        d.order.push_back(decision_id);
+        while d.open.len() > cap {
+            match d.order.pop_front() {
+                Some(old) => {
+                    d.open.remove(&old);
+                }
+                None => break,
+            }
+        }
+        if d.order.len() > 2 * cap.max(1) + 64 {
+            let OpenDecisions { open, order } = &mut *d;
+            order.retain(|id| open.contains_key(id));
+        }
+    }
+
+    /// Closes an open decision: a request the gateway saw finish no longer counts as in flight.
+    pub fn done(&self, decision_id: u128, _now: Duration) -> DoneOutcome {
+        let Some(open) = lock(&self.decisions).open.remove(&decision_id) else {
+            return DoneOutcome::Unknown;
+        };
+        // A newer report already counts (or no longer counts) this request: nothing to undo.
+        if open.live.epoch.load(Ordering::Acquire) == open.epoch {
+            saturating_sub(&open.live.inflight_requests, 1);
+            saturating_sub(&open.live.inflight_tokens, open.prompt_tokens);
+        }
+        DoneOutcome::Closed
+    }
+
+    /// How many decisions are open for `done` feedback.
+    pub fn open_decisions(&self) -> usize {
+        lock(&self.decisions).open.len()
+    }
+
+    /// For each endpoint id that probably holds the leading blocks of `keys`: how many.
+    pub(crate) fn prefix_matches(&self, keys: &[u64]) -> Vec<(u32, u32)> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        lock(&self.prefix).matches(keys)
+    }
+}
+
+fn saturating_sub(a: &AtomicU64, n: u64) {
+    let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+        Some(v.saturating_sub(n))
+    });
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use inferpick_schema::{AgentInfo, EndpointInfo, EngineKind, EngineStatus, Load, ModelEntry};
+
+    pub(crate) const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+    /// A valid report for `address` serving [`MODEL`], idle.
+    pub(crate) fn report(address: &str, seq: u64) -> LoadReport {
+        LoadReport {
+            schema_version: 1,
+            agent: AgentInfo {
+                id: format!("agent-{address}"),
+                version: "0.1.0".into(),
+                started_at_ms: 1_000,
+            },
+            seq,
+            sent_at_ms: 2_000,
+            interval_ms: 100,
+            endpoint: EndpointInfo {
+                address: address.into(),
+                pod: Some(format!("pod-{address}")),
+                namespace: None,
+                node: None,
+            },
+            engine: EngineStatus {
+                kind: EngineKind::Vllm,
+                ready: true,
+                error: None,
+                scrape_ms: Some(1.0),
+            },
+            models: vec![ModelEntry {
+                name: MODEL.into(),
+                adapter_of: None,
+            }],
+            load: Load {
+                requests_waiting: Some(0),
+                requests_running: Some(0),
+                kv_cache_utilization: Some(0.0),
+                kv_cache_capacity_tokens: Some(200_000),
+                ..Load::default()
+            },
+            gpus: vec![],
+        }
+    }
+
+    const T0: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn ingest_adds_then_updates_and_snapshots_are_immutable() {
+        let t = Table::new(TableConfig::default());
+        assert_eq!(
+            t.ingest(report("10.0.0.1:8000", 1), T0).unwrap(),
+            IngestOutcome::Added
+        );
+        let before = t.snapshot();
+        let mut r = report("10.0.0.1:8000", 2);
+        r.load.requests_waiting = Some(9);
+        assert_eq!(t.ingest(r, T0).unwrap(), IngestOutcome::Updated);
+        let get = |s: &Snapshot| s.get("10.0.0.1:8000").unwrap().report.load.requests_waiting;
+        assert_eq!(get(&before), Some(0), "an old snapshot never changes");
+        assert_eq!(get(&t.snapshot()), Some(9));
+        assert_eq!(t.snapshot().len(), 1);
+    }
+
+    #[test]
+    fn reordered_and_superseded_reports_are_ignored() {
+        let t = Table::new(TableConfig::default());
+        t.ingest(report("10.0.0.1:8000", 5), T0).unwrap();
+        assert_eq!(
+            t.ingest(report("10.0.0.1:8000", 4), T0).unwrap(),
+            IngestOutcome::OutOfOrder
+        );
+        assert_eq!(
+            t.ingest(report("10.0.0.1:8000", 5), T0).unwrap(),
+            IngestOutcome::OutOfOrder
+        );
+        let mut restarted = report("10.0.0.1:8000", 1);
+        restarted.agent.id = "new-agent".into();
+        restarted.agent.started_at_ms = 5_000;
+        assert_eq!(t.ingest(restarted, T0).unwrap(), IngestOutcome::Restarted);
+        // A late push of the old agent must not undo the restart.
+        assert_eq!(
+            t.ingest(report("10.0.0.1:8000", 6), T0).unwrap(),
+            IngestOutcome::Superseded
+        );
+        assert_eq!(
+            t.snapshot().get("10.0.0.1:8000").unwrap().report.agent.id,
+            "new-agent"
+        );
+    }
+
+    #[test]
+    fn invalid_reports_change_nothing_and_name_the_field() {
+        let t = Table::new(TableConfig::default());
+        let mut bad = report("10.0.0.2:8000", 1);
+        bad.load.kv_cache_utilization = Some(1.5);
+        let err = t
+            .ingest_batch(vec![report("10.0.0.1:8000", 1), bad], T0)
+            .unwrap_err();
+        assert_eq!(err.field(), "[1].load.kv_cache_utilization");
+        assert!(err.to_string().contains("10.0.0.2:8000"), "{err}");
+        assert!(
+            t.snapshot().is_empty(),
+            "the valid report of the batch was not applied either"
+        );
+    }
+
+    #[test]
+    fn staleness_uses_arrival_time() {
+        let t = Table::new(TableConfig::default());
+        t.ingest(report("10.0.0.1:8000", 1), T0).unwrap();
+        let s = t.snapshot();
+        let e = s.get("10.0.0.1:8000").unwrap();
+        assert_eq!(
+            e.state(T0 + Duration::from_millis(999), s.max_report_age),
+            EndpointState::Ready
+        );
+        assert_eq!(
+            e.state(T0 + Duration::from_millis(1001), s.max_report_age),
+            EndpointState::Stale
+        );
+        let mut down = report("10.0.0.1:8000", 2);
+        down.engine.ready = false;
+        t.ingest(down, T0).unwrap();
+        let s = t.snapshot();
+        assert_eq!(
+            s.get("10.0.0.1:8000").unwrap().state(T0, s.max_report_age),
+            EndpointState::NotReady
+        );
+    }
+
+    #[test]
+    fn forget_silent_drops_only_silent_endpoints() {
+        let t = Table::new(TableConfig::default());
+        t.ingest(report("10.0.0.1:8000", 1), T0).unwrap();
+        t.ingest(report("10.0.0.2:8000", 1), T0 + Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(t.forget_silent(T0 + Duration::from_secs(60)), 0);
+        assert_eq!(t.forget_silent(T0 + Duration::from_secs(61)), 1);
+        let s = t.snapshot();
+        assert!(s.get("10.0.0.1:8000").is_none());
+        assert!(s.get("10.0.0.2:8000").is_some());
+    }
+
+    #[test]
+    fn inflight_is_closed_by_done_and_by_newer_reports() {
+        let t = Table::new(TableConfig::default());
+        t.ingest(report("10.0.0.1:8000", 1), T0).unwrap();
+        let s = t.snapshot();
+        let e = s.get("10.0.0.1:8000").unwrap();
+        t.record(e, 1, 100, &[]);
+        t.record(e, 2, 50, &[]);
+        assert_eq!(
+            e.inflight(),
+            Inflight {
+                requests: 2,
+                prompt_tokens: 150
+            }
+        );
+        assert_eq!(t.done(1, T0), DoneOutcome::Closed);
+        assert_eq!(t.done(1, T0), DoneOutcome::Unknown);
+        assert_eq!(
+            e.inflight(),
+            Inflight {
+                requests: 1,
+                prompt_tokens: 50
+            }
+        );
+        t.ingest(report("10.0.0.1:8000", 2), T0).unwrap();
+        let s = t.snapshot();
+        let e = s.get("10.0.0.1:8000").unwrap();
+        assert_eq!(e.inflight(), Inflight::default());
+        // Decision 2 belongs to the previous report's epoch: closing it must not go below zero
+        // nor undo a decision of the new epoch.
+        t.record(e, 3, 70, &[]);
+        assert_eq!(t.done(2, T0), DoneOutcome::Closed);
+        assert_eq!(
+            e.inflight(),
+            Inflight {
+                requests: 1,
+                prompt_tokens: 70
+            }
+        );
+        assert_eq!(e.routed_total(), 3);
+    }
+
+    #[test]
+    fn open_decisions_are_bounded() {
+        let t = Table::new(TableConfig {
+            max_open_decisions: 10,
+            ..TableConfig::default()
+        });
+        t.ingest(report("10.0.0.1:8000", 1), T0).unwrap();
+        let s = t.snapshot();
+        let e = s.get("10.0.0.1:8000").unwrap();
+        for id in 0..1000 {
+            t.record(e, id, 1, &[]);
+        }
+        assert_eq!(t.open_decisions(), 10);
+        assert_eq!(
+            t.done(0, T0),
+            DoneOutcome::Unknown,
+            "the oldest were dropped"
+        );
+        assert_eq!(t.done(999, T0), DoneOutcome::Closed);
+        assert!(lock(&t.decisions).order.len() <= 2 * 10 + 64);
+    }
+
+    #[test]
+    fn peak_prompt_throughput_survives_an_idle_report() {
+        let t = Table::new(TableConfig::default());
+        let mut busy = report("10.0.0.1:8000", 1);
+        busy.load.prompt_tokens_per_second = Some(12_000.0);
+        t.ingest(busy, T0).unwrap();
+        let mut idle = report("10.0.0.1:8000", 2);
+        idle.load.prompt_tokens_per_second = Some(10.0);
+        t.ingest(idle, T0).unwrap();
+        let peak = t
+            .snapshot()
+            .get("10.0.0.1:8000")
+            .unwrap()
+            .peak_prompt_tokens_per_second
+            .unwrap();
+        assert!((11_900.0..12_000.0).contains(&peak), "{peak}");
+    }
+
+    #[test]
+    fn many_endpoints_spread_over_shards_and_stay_findable() {
+        let t = Table::new(TableConfig::default());
+        let batch: Vec<_> = (0..500)
+            .map(|i| report(&format!("10.0.{}.{}:8000", i / 250, i % 250), 1))
+            .collect();
+        let outcomes = t.ingest_batch(batch, T0).unwrap();
+        assert!(outcomes.iter().all(|o| *o == IngestOutcome::Added));
+        let s = t.snapshot();
+        assert_eq!(s.len(), 500);
+        assert!(s.get("10.0.1.249:8000").is_some());
+        let ids: std::collections::HashSet<u32> = s.iter().map(|e| e.live.id).collect();
+        assert_eq!(ids.len(), 500, "ids are unique");
+    }
+}
