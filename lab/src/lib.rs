@@ -2,4 +2,6 @@
 //! generator and the demo.
 //!
 //! - [`engine`]: the model-server model (continuous batching, paged KV, prefix cache, LoRA slots).
+//! - [`workload`]: built-in and YAML workloads, and the deterministic request generator.
 pub mod engine;
+pub mod workload;
