@@ -1,0 +1,211 @@
+//! The agent's settings, resolved and checked once from [`Args`] and the downward-API environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use inferpick_schema::report::check_address;
+use reqwest::Url;
+
+use crate::cli::{Args, EngineChoice};
+use crate::gpu::GpuSpec;
+use crate::push::TargetSpec;
+
+/// Everything the agent runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The engine's metrics URL.
+    pub engine_url: Url,
+    /// Dialect choice.
+    pub engine: EngineChoice,
+    /// `host:port` gateways send traffic to.
+    pub endpoint: String,
+    /// Pod identity.
+    pub pod: Option<String>,
+    /// Pod namespace.
+    pub namespace: Option<String>,
+    /// Node name.
+    pub node: Option<String>,
+    /// Push targets.
+    pub pickers: Vec<TargetSpec>,
+    /// Scrape and push period.
+    pub interval: Duration,
+    /// Bound on one scrape.
+    pub scrape_timeout: Duration,
+    /// Bound on one push to one target.
+    pub push_timeout: Duration,
+    /// Bearer token file.
+    pub token_file: Option<PathBuf>,
+    /// GPU selection.
+    pub gpu: GpuSpec,
+    /// kubelet pod-resources socket.
+    pub pod_resources_socket: PathBuf,
+    /// Own HTTP listener.
+    pub listen: SocketAddr,
+}
+
+/// A flag or environment value that cannot work; names the flag and the value.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}: {problem}")]
+pub struct ConfigError {
+    /// The flag (or variable) at fault.
+    pub flag: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// Resolves `args`, reading `POD_IP`, `POD_NAME`, `POD_NAMESPACE` and `NODE_NAME` for what the
+    /// flags leave unset. Every problem is reported, not only the first.
+    pub fn from_args(args: &Args) -> Result<Self, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut fail = |flag, problem: String| errors.push(ConfigError { flag, problem });
+
+        let engine_url = match Url::parse(&args.engine_url) {
+            Ok(u) if u.scheme() == "http" => Some(u),
+            Ok(u) => {
+                fail(
+                    "--engine-url",
+                    format!("{u}: only http:// engine URLs are supported"),
+                );
+                None
+            }
+            Err(e) => {
+                fail(
+                    "--engine-url",
+                    format!("{:?} is not a URL: {e}", args.engine_url),
+                );
+                None
+            }
+        };
+        let endpoint = match args.endpoint.clone().or_else(|| {
+            env("POD_IP").map(|ip| {
+                if ip.contains(':') {
+                    format!("[{ip}]:8000")
+                } else {
+                    format!("{ip}:8000")
+                }
+            })
+        }) {
+            Some(e) => match check_address(&e) {
+                Ok(()) => Some(e),
+                Err(p) => {
+                    fail("--endpoint", p);
+                    None
+                }
+            },
+            None if args.once => Some("127.0.0.1:8000".to_string()),
+            None => {
+                fail(
+                    "--endpoint",
+                    "not set: pass --endpoint HOST:PORT or set POD_IP".into(),
+                );
+                None
+            }
+        };
+        let mut pickers = Vec::new();
+        for p in &args.picker {
+            match p.parse::<TargetSpec>() {
+                Ok(t) => pickers.push(t),
+                Err(e) => fail("--picker", e),
+            }
+        }
+        let interval_ok = args.interval >= Duration::from_millis(10);
+        if !interval_ok {
+            fail(
+                "--interval",
+                format!("{:?} is too short: at least 10ms", args.interval),
+            );
+        }
+        // --once has no schedule to keep: give a slow engine a fair chance to answer.
+        let scrape_timeout = args.scrape_timeout.unwrap_or(if args.once {
+            Duration::from_secs(5)
+        } else {
+            args.interval.mul_f64(0.8).max(Duration::from_millis(20))
+        });
+        if interval_ok && !args.once && scrape_timeout > args.interval {
+            fail(
+                "--scrape-timeout",
+                format!(
+                    "{scrape_timeout:?} is longer than --interval {:?}: scrapes would fall behind",
+                    args.interval
+                ),
+            );
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Config {
+            engine_url: engine_url.expect("checked"),
+            engine: args.engine,
+            endpoint: endpoint.expect("checked"),
+            pod: args.pod.clone().or_else(|| env("POD_NAME")),
+            namespace: args.namespace.clone().or_else(|| env("POD_NAMESPACE")),
+            node: args.node.clone().or_else(|| env("NODE_NAME")),
+            pickers,
+            interval: args.interval,
+            scrape_timeout,
+            push_timeout: (args.interval * 2)
+                .clamp(Duration::from_millis(200), Duration::from_secs(2)),
+            token_file: args.token_file.clone(),
+            gpu: args.gpu.clone(),
+            pod_resources_socket: args.pod_resources_socket.clone(),
+            listen: args.listen,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, Vec<ConfigError>> {
+        let mut argv = vec!["inferpick-agent"];
+        argv.extend_from_slice(extra);
+        Config::from_args(&Args::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = parse(&["--endpoint", "10.0.0.1:8000"]).unwrap();
+        assert_eq!(c.engine_url.as_str(), "http://127.0.0.1:8000/metrics");
+        assert_eq!(c.interval, Duration::from_millis(100));
+        assert_eq!(c.scrape_timeout, Duration::from_millis(80));
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9400");
+        assert_eq!(c.engine, EngineChoice::Auto);
+        assert_eq!(c.gpu, GpuSpec::Auto);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_flag() {
+        let errs = parse(&[
+            "--engine-url",
+            "not a url",
+            "--endpoint",
+            "10.0.0.1",
+            "--picker",
+            "ftp://x",
+            "--interval",
+            "1ms",
+        ])
+        .unwrap_err();
+        let flags: Vec<_> = errs.iter().map(|e| e.flag).collect();
+        assert_eq!(
+            flags,
+            ["--engine-url", "--endpoint", "--picker", "--interval"]
+        );
+        assert!(errs[1].to_string().contains("not host:port"), "{}", errs[1]);
+    }
+
+    #[test]
+    fn unknown_engine_names_the_choices() {
+        let err = Args::try_parse_from(["inferpick-agent", "--engine", "vlm"]).unwrap_err();
+        assert!(err.to_string().contains("triton-trtllm"), "{err}");
+    }
+}

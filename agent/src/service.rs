@@ -1,0 +1,282 @@
+//! The running agent: a scrape loop on a fixed period, GPU sampling beside it, push tasks fed
+//! through a `watch` channel, and the HTTP endpoints.
+//!
+//! The scrape loop never waits on a picker: it publishes each report and moves on. A scrape is
+//! bounded below the interval, so the loop stays on schedule even when the engine hangs.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use inferpick_schema::{Gpu, LoadReport};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+use crate::collect::{Collector, Observation};
+use crate::config::Config;
+use crate::engine::{Engine, ScrapeError};
+use crate::gpu::{self, GpuSource};
+use crate::http::{AppState, router};
+use crate::metrics::AgentMetrics;
+use crate::push::{self, Outgoing, TokenFile};
+use crate::report::ReportBuilder;
+
+/// How often `/v1/models` is read again (models change rarely; metrics every interval).
+pub const MODELS_EVERY: Duration = Duration::from_secs(5);
+/// How often GPUs are sampled (NVML's own utilization window is about a second).
+pub const GPU_EVERY: Duration = Duration::from_secs(1);
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration cannot work.
+    #[error("invalid configuration:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Config(Vec<crate::config::ConfigError>),
+    /// The listener could not be bound or served.
+    #[error("cannot serve on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--once` could not produce a ready report.
+    #[error("{0}")]
+    Once(String),
+}
+
+/// The metrics label for a scrape outcome.
+fn scrape_result(e: Option<&ScrapeError>) -> &'static str {
+    match e {
+        None => "ok",
+        Some(ScrapeError::Unreachable { .. }) => "unreachable",
+        Some(ScrapeError::Timeout { .. }) => "timeout",
+        Some(ScrapeError::Status { .. }) => "http_error",
+        Some(ScrapeError::TooLarge { .. }) => "too_large",
+        Some(ScrapeError::NotText { .. } | ScrapeError::Parse { .. }) => "parse_error",
+        Some(ScrapeError::Unrecognized { .. } | ScrapeError::WrongEngine { .. }) => "unrecognized",
+    }
+}
+
+/// The engine side of the agent, shared by the service and `--once`.
+struct Scraper {
+    engine: Engine,
+    collector: Collector,
+    started: Instant,
+    models_due: Instant,
+}
+
+impl Scraper {
+    fn new(config: &Config) -> Self {
+        Scraper {
+            engine: Engine::new(config.engine_url.clone(), config.scrape_timeout),
+            collector: Collector::new(config.engine, config.engine_url.as_str()),
+            started: Instant::now(),
+            models_due: Instant::now(),
+        }
+    }
+
+    /// One scrape (and, every [`MODELS_EVERY`], one models listing, concurrently).
+    async fn scrape(&mut self, metrics: Option<&AgentMetrics>) -> Observation {
+        let t0 = Instant::now();
+        let list_models = t0 >= self.models_due;
+        let (scrape, listed) = tokio::join!(self.engine.scrape(), async {
+            if list_models {
+                self.engine.models().await
+            } else {
+                None
+            }
+        });
+        if list_models {
+            self.models_due = t0 + MODELS_EVERY;
+            self.collector.set_listed_models(listed);
+        }
+        let result = scrape_result(scrape.as_ref().err());
+        let observation = self
+            .collector
+            .observe(scrape, t0 - self.started, t0.elapsed());
+        if let Some(m) = metrics {
+            m.observe_scrape(
+                if observation.engine.ready {
+                    "ok"
+                } else {
+                    result
+                },
+                t0.elapsed(),
+            );
+        }
+        observation
+    }
+}
+
+/// Scrapes once and returns the report, or the one-line reason it is not ready.
+pub async fn once(config: Config) -> Result<LoadReport, AgentError> {
+    let mut scraper = Scraper::new(&config);
+    let source = gpu::open(
+        &config.gpu,
+        &config.pod_resources_socket,
+        config.namespace.as_deref(),
+        config.pod.as_deref(),
+    )
+    .await;
+    let gpus = match source {
+        Some(s) => tokio::task::spawn_blocking(move || s.read())
+            .await
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let observation = scraper.scrape(None).await;
+    let report = ReportBuilder::new(&config).build(observation, gpus);
+    if !report.engine.ready {
+        return Err(AgentError::Once(
+            report.engine.error.clone().unwrap_or_default(),
+        ));
+    }
+    Ok(report)
+}
+
+/// Runs the agent on `listener` until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    serve_with(config, listener, None, shutdown).await
+}
+
+/// [`serve`], reading GPUs from `gpus` instead of the source `--gpu` selects (tests, embedders).
+pub async fn serve_with(
+    config: Config,
+    listener: TcpListener,
+    gpus: Option<Arc<dyn GpuSource>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let metrics = Arc::new(AgentMetrics::new());
+    let (latest_tx, latest_rx) = watch::channel::<Option<Arc<LoadReport>>>(None);
+    let (out_tx, out_rx) = watch::channel::<Option<Outgoing>>(None);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let client = reqwest::Client::builder()
+        .timeout(config.push_timeout)
+        .connect_timeout(config.push_timeout)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .expect("a plain HTTP client builds");
+    let pushers = push::spawn(
+        &config.pickers,
+        client,
+        out_rx,
+        metrics.clone(),
+        config.interval,
+    );
+    tracing::info!(
+        engine_url = %config.engine_url,
+        endpoint = %config.endpoint,
+        pickers = config.pickers.len(),
+        interval = ?config.interval,
+        listen = %addr,
+        "inferpick-agent started"
+    );
+
+    let gpu_override = gpus;
+    let gpus = Arc::new(Mutex::new(Vec::<Gpu>::new()));
+    let gpu_task = tokio::spawn(sample_gpus(config.clone(), gpu_override, gpus.clone()));
+
+    let app = router(AppState {
+        metrics: metrics.clone(),
+        latest: latest_rx,
+    });
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    let token = config.token_file.clone().map(TokenFile::new);
+    let mut scraper = Scraper::new(&config);
+    let mut builder = ReportBuilder::new(&config);
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut stop = stop_rx;
+    let mut was_ready = None;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let observation = scraper.scrape(Some(&metrics)).await;
+        let ready = observation.engine.ready;
+        if was_ready != Some(ready) {
+            match &observation.engine.error {
+                None => tracing::info!(engine = %observation.engine.kind, "engine ready"),
+                Some(e) => tracing::warn!("engine not ready: {e}"),
+            }
+            was_ready = Some(ready);
+        }
+        let sample = gpus.lock().expect("gpu lock").clone();
+        let report = builder.build(observation, sample);
+        metrics.set_report(&report);
+        let body = Bytes::from(serde_json::to_vec(&report).expect("a report serializes"));
+        let _ = out_tx.send(Some(Outgoing {
+            body,
+            token: token.as_ref().and_then(TokenFile::current),
+        }));
+        let _ = latest_tx.send(Some(Arc::new(report)));
+    }
+
+    drop(out_tx);
+    gpu_task.abort();
+    for p in pushers {
+        p.abort();
+    }
+    let served = http.await;
+    tracing::info!("inferpick-agent stopped");
+    match served {
+        Ok(Err(source)) => Err(AgentError::Listen { addr, source }),
+        _ => Ok(()),
+    }
+}
+
+/// Samples the GPUs every [`GPU_EVERY`] into `into`, off the async runtime (NVML blocks).
+async fn sample_gpus(
+    config: Config,
+    source: Option<Arc<dyn GpuSource>>,
+    into: Arc<Mutex<Vec<Gpu>>>,
+) {
+    let source = match source {
+        Some(s) => s,
+        None => match gpu::open(
+            &config.gpu,
+            &config.pod_resources_socket,
+            config.namespace.as_deref(),
+            config.pod.as_deref(),
+        )
+        .await
+        {
+            Some(s) => Arc::from(s),
+            None => return,
+        },
+    };
+    let mut ticker = tokio::time::interval(GPU_EVERY);
+    loop {
+        ticker.tick().await;
+        let s = source.clone();
+        if let Ok(sample) = tokio::task::spawn_blocking(move || s.read()).await {
+            *into.lock().expect("gpu lock") = sample;
+        }
+    }
+}
