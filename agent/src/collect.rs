@@ -21,6 +21,8 @@ pub struct Observation {
     pub load: Load,
     /// Served models (the last known ones when the scrape failed).
     pub models: Vec<ModelEntry>,
+    /// `ok`, or the kind of failure ([`ScrapeError::kind`]).
+    pub outcome: &'static str,
 }
 
 /// Scrape-to-scrape state: the chosen dialect, counter history, last known models.
@@ -82,9 +84,11 @@ impl Collector {
                     },
                     load,
                     models,
+                    outcome: "ok",
                 }
             }
             Err(e) => Observation {
+                outcome: e.kind(),
                 engine: EngineStatus {
                     kind: self.kind(),
                     ready: false,

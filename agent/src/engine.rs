@@ -88,6 +88,20 @@ pub enum ScrapeError {
     },
 }
 
+impl ScrapeError {
+    /// The `result` label of `inferpick_agent_scrapes_total` for this failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ScrapeError::Unreachable { .. } => "unreachable",
+            ScrapeError::Timeout { .. } => "timeout",
+            ScrapeError::Status { .. } => "http_error",
+            ScrapeError::TooLarge { .. } => "too_large",
+            ScrapeError::NotText { .. } | ScrapeError::Parse { .. } => "parse_error",
+            ScrapeError::Unrecognized { .. } | ScrapeError::WrongEngine { .. } => "unrecognized",
+        }
+    }
+}
+
 /// An engine's HTTP endpoints.
 #[derive(Debug, Clone)]
 pub struct Engine {

@@ -94,39 +94,39 @@ impl AgentMetrics {
         };
         let waiting = gauge(
             "inferpick_endpoint_requests_waiting",
-            "Requests queued in the engine, not yet scheduled.",
+            "Requests queued in the engine, not yet scheduled",
         );
         let running = gauge(
             "inferpick_endpoint_requests_running",
-            "Requests in the engine's running batch.",
+            "Requests in the engine's running batch",
         );
         let kv_utilization = gauge(
             "inferpick_endpoint_kv_cache_utilization",
-            "Fraction of the KV cache in use (0..1); the fullest engine of a data-parallel server.",
+            "Fraction of the KV cache in use (0..1); the fullest engine of a data-parallel server",
         );
         let kv_capacity = gauge(
             "inferpick_endpoint_kv_cache_capacity_tokens",
-            "Tokens the KV cache holds when full.",
+            "Tokens the KV cache holds when full",
         );
         let prefix_hit = gauge(
             "inferpick_endpoint_prefix_cache_hit_ratio",
-            "Prefix-cache hits over queries in the last interval that had queries (0..1).",
+            "Prefix-cache hits over queries in the last interval that had queries (0..1)",
         );
         let prompt_tps = gauge(
             "inferpick_endpoint_prompt_tokens_per_second",
-            "Prompt tokens processed per second.",
+            "Prompt tokens processed per second",
         );
         let generation_tps = gauge(
             "inferpick_endpoint_generation_tokens_per_second",
-            "Tokens generated per second.",
+            "Tokens generated per second",
         );
         let adapters_running = gauge(
             "inferpick_endpoint_adapters_running",
-            "LoRA adapters with running requests.",
+            "LoRA adapters with running requests",
         );
         let ready = gauge(
             "inferpick_endpoint_ready",
-            "1 when the last scrape of the engine succeeded and it is ready, else 0.",
+            "1 when the last scrape of the engine succeeded and it is ready, else 0",
         );
         let mut gpu_gauge = |name: &str, help: &str| {
             let family = Family::<GpuLabels, FGauge>::default();
@@ -135,47 +135,47 @@ impl AgentMetrics {
         };
         let gpu_memory_used = gpu_gauge(
             "inferpick_gpu_memory_used_bytes",
-            "GPU memory in use, bytes.",
+            "GPU memory in use, bytes",
         );
         let gpu_memory_total = gpu_gauge(
             "inferpick_gpu_memory_total_bytes",
-            "GPU memory on the card, bytes.",
+            "GPU memory on the card, bytes",
         );
         let gpu_utilization = gpu_gauge(
             "inferpick_gpu_utilization_ratio",
-            "GPU busy time over NVML's sample period (0..1).",
+            "GPU busy time over NVML's sample period (0..1)",
         );
         let gpu_temperature =
-            gpu_gauge("inferpick_gpu_temperature_celsius", "GPU core temperature.");
-        let gpu_power = gpu_gauge("inferpick_gpu_power_watts", "GPU power draw.");
+            gpu_gauge("inferpick_gpu_temperature_celsius", "GPU core temperature");
+        let gpu_power = gpu_gauge("inferpick_gpu_power_watts", "GPU power draw");
         let scrapes = Family::<ResultLabels, Counter>::default();
         registry.register(
             "inferpick_agent_scrapes",
-            "Engine scrapes by result (ok, or the failure: unreachable, timeout, http_error, too_large, parse_error, unrecognized).",
+            "Engine scrapes by result (ok, or the failure: unreachable, timeout, http_error, too_large, parse_error, unrecognized)",
             scrapes.clone(),
         );
         let scrape_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         registry.register(
             "inferpick_agent_scrape_duration_seconds",
-            "Time to fetch and normalize one engine scrape.",
+            "Time to fetch and normalize one engine scrape",
             scrape_duration.clone(),
         );
         let pushes = Family::<PushLabels, Counter>::default();
         registry.register(
             "inferpick_agent_pushes",
-            "Report pushes by picker target and result (ok, error).",
+            "Report pushes by picker target and result (ok, error)",
             pushes.clone(),
         );
         let push_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         registry.register(
             "inferpick_agent_push_duration_seconds",
-            "Time of one push to one picker.",
+            "Time of one push to one picker",
             push_duration.clone(),
         );
         let info = Family::<InfoLabels, Gauge>::default();
         registry.register(
             "inferpick_agent_info",
-            "The agent's version and the engine it reads; always 1.",
+            "The agent's version and the engine it reads; always 1",
             info.clone(),
         );
         AgentMetrics {

@@ -16,7 +16,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::collect::{Collector, Observation};
 use crate::config::Config;
-use crate::engine::{Engine, ScrapeError};
+use crate::engine::Engine;
 use crate::gpu::{self, GpuSource};
 use crate::http::{AppState, router};
 use crate::metrics::AgentMetrics;
@@ -46,19 +46,6 @@ pub enum AgentError {
     /// `--once` could not produce a ready report.
     #[error("{0}")]
     Once(String),
-}
-
-/// The metrics label for a scrape outcome.
-fn scrape_result(e: Option<&ScrapeError>) -> &'static str {
-    match e {
-        None => "ok",
-        Some(ScrapeError::Unreachable { .. }) => "unreachable",
-        Some(ScrapeError::Timeout { .. }) => "timeout",
-        Some(ScrapeError::Status { .. }) => "http_error",
-        Some(ScrapeError::TooLarge { .. }) => "too_large",
-        Some(ScrapeError::NotText { .. } | ScrapeError::Parse { .. }) => "parse_error",
-        Some(ScrapeError::Unrecognized { .. } | ScrapeError::WrongEngine { .. }) => "unrecognized",
-    }
 }
 
 /// The engine side of the agent, shared by the service and `--once`.
@@ -94,19 +81,11 @@ impl Scraper {
             self.models_due = t0 + MODELS_EVERY;
             self.collector.set_listed_models(listed);
         }
-        let result = scrape_result(scrape.as_ref().err());
         let observation = self
             .collector
             .observe(scrape, t0 - self.started, t0.elapsed());
         if let Some(m) = metrics {
-            m.observe_scrape(
-                if observation.engine.ready {
-                    "ok"
-                } else {
-                    result
-                },
-                t0.elapsed(),
-            );
+            m.observe_scrape(observation.outcome, t0.elapsed());
         }
         observation
     }

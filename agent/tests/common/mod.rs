@@ -1,0 +1,296 @@
+//! Fakes for the agent's integration tests: an engine whose behaviour can be switched while the
+//! agent runs, and pickers that record what they are sent.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use inferpick_schema::LoadReport;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What the fake engine's `/metrics` does.
+#[derive(Clone)]
+pub enum Behavior {
+    /// 200 with this exposition.
+    Serve(String),
+    /// This status with a short body.
+    Status(u16, &'static str),
+    /// Never answers.
+    Hang,
+    /// 200 with this many bytes of valid-looking metrics.
+    Huge(usize),
+}
+
+/// A fake model server.
+pub struct FakeEngine {
+    pub addr: SocketAddr,
+    behavior: Arc<Mutex<Behavior>>,
+    task: JoinHandle<()>,
+}
+
+impl FakeEngine {
+    pub async fn start(behavior: Behavior) -> Self {
+        let behavior = Arc::new(Mutex::new(behavior));
+        let app = Router::new()
+            .route("/metrics", get(engine_metrics))
+            .route(
+                "/v1/models",
+                get(|| async { axum::Json(serde_json::json!({"object": "list", "data": [{"id": "served-model", "object": "model"}]})) }),
+            )
+            .with_state(behavior.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FakeEngine {
+            addr,
+            behavior,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/metrics", self.addr)
+    }
+
+    pub fn set(&self, behavior: Behavior) {
+        *self.behavior.lock().unwrap() = behavior;
+    }
+}
+
+impl Drop for FakeEngine {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn engine_metrics(State(b): State<Arc<Mutex<Behavior>>>) -> Response {
+    let behavior = b.lock().unwrap().clone();
+    match behavior {
+        Behavior::Serve(text) => text.into_response(),
+        Behavior::Status(code, body) => (StatusCode::from_u16(code).unwrap(), body).into_response(),
+        Behavior::Hang => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        Behavior::Huge(n) => {
+            let line = "vllm:num_requests_waiting{model_name=\"m\"} 1\n";
+            line.repeat(n / line.len() + 1).into_response()
+        }
+    }
+}
+
+/// A fake picker that records every report and the Authorization header it came with.
+pub struct FakePicker {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<(LoadReport, Option<String>, Instant)>>>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct PickerState {
+    received: Arc<Mutex<Vec<(LoadReport, Option<String>, Instant)>>>,
+    hang: bool,
+}
+
+impl FakePicker {
+    pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// A picker that accepts connections but never answers a push.
+    pub async fn start_hanging() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(hang: bool) -> Self {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let state = PickerState {
+            received: received.clone(),
+            hang,
+        };
+        let app = Router::new()
+            .route("/v1/reports", any(picker_reports))
+            .with_state(state);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FakePicker {
+            addr,
+            received,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    pub fn seqs(&self) -> Vec<u64> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(r, _, _)| r.seq)
+            .collect()
+    }
+
+    /// Stops answering: the port closes.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for FakePicker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn picker_reports(
+    State(s): State<PickerState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    if s.hang {
+        std::future::pending::<()>().await;
+    }
+    let report: LoadReport = serde_json::from_slice(&body).expect("the agent sends valid JSON");
+    report.validate().expect("the agent sends valid reports");
+    let auth = headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_string());
+    s.received
+        .lock()
+        .unwrap()
+        .push((report, auth, Instant::now()));
+    StatusCode::NO_CONTENT
+}
+
+/// Polls `check` every 10 ms until it holds or `within` passes.
+pub async fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A running in-process agent with the given extra flags; stopped on drop.
+pub struct Agent {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: JoinHandle<Result<(), inferpick_agent::AgentError>>,
+}
+
+impl Agent {
+    pub async fn start(engine_url: &str, extra: &[&str]) -> Self {
+        Self::start_with_gpus(engine_url, extra, None).await
+    }
+
+    pub async fn start_with_gpus(
+        engine_url: &str,
+        extra: &[&str],
+        gpus: Option<Arc<dyn inferpick_agent::gpu::GpuSource>>,
+    ) -> Self {
+        use clap::Parser;
+        let mut argv = vec![
+            "inferpick-agent",
+            "--engine-url",
+            engine_url,
+            "--endpoint",
+            "10.0.0.1:8000",
+            "--gpu",
+            "none",
+        ];
+        argv.extend_from_slice(extra);
+        let args = inferpick_agent::Args::try_parse_from(argv).unwrap();
+        let config = inferpick_agent::Config::from_args(&args).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(inferpick_agent::serve_with(
+            config,
+            listener,
+            gpus,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Agent {
+            addr,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    pub async fn report(&self) -> Option<LoadReport> {
+        let resp = reqwest::get(format!("http://{}/v1/report", self.addr))
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.json().await.ok()
+    }
+
+    /// Polls `/v1/report` until `check` holds for the latest report.
+    pub async fn wait_for_report(
+        &self,
+        within: Duration,
+        what: &str,
+        check: impl Fn(&LoadReport) -> bool,
+    ) -> LoadReport {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(r) = self.report().await
+                && check(&r)
+            {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for a report with {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.unwrap().unwrap();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn fixture(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/metrics")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
