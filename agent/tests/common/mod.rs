@@ -89,16 +89,19 @@ async fn engine_metrics(State(b): State<Arc<Mutex<Behavior>>>) -> Response {
     }
 }
 
+/// Reports a fake picker received, with their Authorization header and arrival time.
+pub type Received = Arc<Mutex<Vec<(LoadReport, Option<String>, Instant)>>>;
+
 /// A fake picker that records every report and the Authorization header it came with.
 pub struct FakePicker {
     pub addr: SocketAddr,
-    pub received: Arc<Mutex<Vec<(LoadReport, Option<String>, Instant)>>>,
+    pub received: Received,
     task: JoinHandle<()>,
 }
 
 #[derive(Clone)]
 struct PickerState {
-    received: Arc<Mutex<Vec<(LoadReport, Option<String>, Instant)>>>,
+    received: Received,
     hang: bool,
 }
 
