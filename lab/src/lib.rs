@@ -1,7 +1,11 @@
 //! inferpick-lab: an emulated fleet, a simulator that runs the picker's real scheduler, a load
 //! generator and the demo.
 //!
+//! - [`cli`]: the command line (subcommands and flags of CONTRACTS.md).
 //! - [`engine`]: the model-server model (continuous batching, paged KV, prefix cache, LoRA slots).
+//! - [`sim`]: the discrete-event simulator with the picker's real scheduler, the oracle, capacity.
 //! - [`workload`]: built-in and YAML workloads, and the deterministic request generator.
+pub mod cli;
 pub mod engine;
+pub mod sim;
 pub mod workload;

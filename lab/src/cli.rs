@@ -1,0 +1,133 @@
+//! The command line: the subcommands and flags of CONTRACTS.md. Every flag also reads
+//! `INFERPICK_<FLAG>` from the environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::EngineConfig;
+use crate::sim::{self, SimConfig, SimPolicy, capacity};
+use crate::workload::Workload;
+
+/// An emulated LLM fleet, a simulator that runs inferpick's real scheduler, a load generator,
+/// and a demo that compares inferpick with round robin on your machine.
+#[derive(Debug, Parser)]
+#[command(name = "inferpick-lab", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Discrete-event simulation of a fleet with the picker's real scheduler; prints a comparison.
+    Sim(SimArgs),
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 100ms or 10m: {e}"))
+}
+
+fn parse_load(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?}: the load is a positive fraction of capacity, like 0.85"
+        )),
+    }
+}
+
+/// `sim`: flags.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Built-in workload (chat, shared-prefix, multi-lora, mixed, bursty) or a YAML workload file.
+    #[arg(long, env = "INFERPICK_WORKLOAD", default_value = "chat")]
+    pub workload: String,
+    /// Pods in the fleet [default: the workload's, 8 for the built-ins].
+    #[arg(long, env = "INFERPICK_PODS", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub pods: Option<u32>,
+    /// Comma list of policies: round-robin, random, least-request, gie, inferpick, oracle.
+    #[arg(
+        long,
+        env = "INFERPICK_POLICIES",
+        value_delimiter = ',',
+        default_value = "round-robin,random,least-request,gie,inferpick,oracle"
+    )]
+    pub policies: Vec<SimPolicy>,
+    /// Offered load as a fraction of the fleet's capacity (overrides the workload's rate). Capacity
+    /// is the completion rate of one pod kept saturated with the workload's requests, times pods.
+    #[arg(long, env = "INFERPICK_LOAD", value_parser = parse_load)]
+    pub load: Option<f64>,
+    /// Seed of arrivals, lengths and every random choice.
+    #[arg(long, env = "INFERPICK_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Report period of every pod's agent (the picker's view is at most this old, plus the delay).
+    #[arg(long, env = "INFERPICK_STALENESS", default_value = "100ms", value_parser = parse_duration)]
+    pub staleness: Duration,
+    /// Time from a report's production to its arrival at the picker.
+    #[arg(long, env = "INFERPICK_REPORT_DELAY", default_value = "5ms", value_parser = parse_duration)]
+    pub report_delay: Duration,
+    /// Simulated time during which requests arrive [default: the workload's, 600s for the built-ins].
+    #[arg(long, env = "INFERPICK_DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Also write the results as JSON to this file.
+    #[arg(long, env = "INFERPICK_JSON")]
+    pub json: Option<PathBuf>,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Sim(args) => sim_command(args),
+    }
+}
+
+fn sim_command(args: SimArgs) -> anyhow::Result<()> {
+    let workload = Workload::load(&args.workload)?;
+    let engine = EngineConfig::default();
+    let pods = args.pods.unwrap_or(workload.pods.count);
+    let capacity = capacity::per_pod(&workload, &engine, args.seed);
+    let rate_per_pod = match args.load {
+        Some(load) => load * capacity,
+        None => workload.arrival.rate_per_pod(),
+    };
+    if args.staleness.is_zero() {
+        anyhow::bail!("--staleness must be above zero");
+    }
+    let config = SimConfig {
+        duration: args.duration.unwrap_or(workload.duration()),
+        workload,
+        pods,
+        rate_per_pod,
+        seed: args.seed,
+        staleness: args.staleness,
+        report_delay: args.report_delay,
+        engine,
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let started = std::time::Instant::now();
+    let report = sim::run(&config, &args.policies, threads);
+    let heading = format!(
+        "workload {} · {} pods · load {:.2} ({:.2} req/s per pod, capacity {:.2}) · {} simulated · staleness {} · seed {} · {:.1}s wall",
+        config.workload.name,
+        pods,
+        rate_per_pod / capacity,
+        rate_per_pod,
+        capacity,
+        humantime::format_duration(config.duration),
+        humantime::format_duration(config.staleness),
+        config.seed,
+        started.elapsed().as_secs_f64()
+    );
+    print!("{}", report.table(&heading));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! `inferpick-lab`: parses the command line and runs one subcommand; the library does the work.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use inferpick_lab::cli::{Cli, run};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("INFERPICK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("inferpick-lab: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
