@@ -6,6 +6,21 @@
 //! - [`prefix`]: the approximate prefix index (chained 64-byte block hashes, LRU per endpoint).
 //! - [`scheduler`]: `Policy`, `Scheduler::pick` and the profiles (`inferpick`, `gie`,
 //!   `least-request`, `round-robin`, `random`). No I/O, time is an argument.
+//! - [`config`]: flags (`Args`) over the YAML file, resolved and validated into `Settings`.
+//! - [`service`]: `AppState` (table, scheduler, tokens, metrics), config reload, and [`run`].
+//! - [`http`]: `router(state)` — the HTTP API, its body limits, authentication and errors.
+//! - [`metrics`]: the `inferpick_picker_*` families in an explicit registry.
+//!
+//! The library and the service share one rule: the scheduler reads no clock and does no I/O, so the
+//! lab's simulator drives exactly the code the service runs.
+pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod prefix;
 pub mod scheduler;
+pub mod service;
 pub mod table;
+
+pub use config::{Args, Settings};
+pub use http::router;
+pub use service::{AppState, Clock, RunError, run, serve};

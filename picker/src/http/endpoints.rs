@@ -1,0 +1,34 @@
+//! `GET /v1/endpoints`: the table as JSON.
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use crate::service::AppState;
+
+pub(super) async fn endpoints(State(state): State<AppState>) -> Json<Value> {
+    let now = state.now();
+    let snap = state.table().snapshot();
+    let mut list: Vec<_> = snap.iter().collect();
+    list.sort_by(|a, b| a.address.cmp(&b.address));
+    let endpoints: Vec<Value> = list
+        .into_iter()
+        .map(|e| {
+            json!({
+                "address": &*e.address,
+                "pod": e.report.endpoint.pod,
+                "state": e.state(now, snap.max_report_age).as_str(),
+                "age_ms": e.age(now).as_secs_f64() * 1e3,
+                "inflight": e.inflight(),
+                "routed_total": e.routed_total(),
+                "peak_prompt_tokens_per_second": e.peak_prompt_tokens_per_second,
+                "report": &*e.report,
+            })
+        })
+        .collect();
+    Json(json!({
+        "max_report_age_ms": snap.max_report_age.as_secs_f64() * 1e3,
+        "policy": state.scheduler().policy().as_str(),
+        "endpoints": endpoints,
+    }))
+}

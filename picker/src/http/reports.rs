@@ -1,0 +1,56 @@
+//! `POST /v1/reports`: one `LoadReport` or an array of them.
+
+use axum::body::Body;
+use axum::extract::State;
+use http::{HeaderMap, StatusCode};
+use inferpick_schema::decode_reports;
+
+use super::{ApiError, MAX_REPORTS_BODY, authorize, read_body, require_json};
+use crate::service::{AppState, Scope};
+use crate::table::IngestOutcome;
+
+pub(super) async fn reports(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let metrics = state.metrics();
+    let refused = |result: &'static str| {
+        move |e: ApiError| {
+            metrics.reports(result, 1);
+            e
+        }
+    };
+    authorize(&state, &headers, Scope::Report).map_err(refused("unauthorized"))?;
+    require_json(&headers).map_err(refused("invalid"))?;
+    let bytes = read_body(&headers, body, MAX_REPORTS_BODY)
+        .await
+        .map_err(|e| match e {
+            ApiError::PayloadTooLarge { .. } => refused("too_large")(e),
+            e => refused("invalid")(e),
+        })?;
+    let reports = decode_reports(&bytes)
+        .map_err(|e| refused("invalid")(ApiError::InvalidRequest(e.to_string())))?;
+    let outcomes = state
+        .table()
+        .ingest_batch(reports, state.now())
+        .map_err(|e| refused("invalid")(ApiError::InvalidRequest(e.to_string())))?;
+    let (mut accepted, mut restarted, mut ignored) = (0, 0, 0);
+    for o in outcomes {
+        match o {
+            IngestOutcome::Added | IngestOutcome::Updated => accepted += 1,
+            IngestOutcome::Restarted => restarted += 1,
+            IngestOutcome::OutOfOrder | IngestOutcome::Superseded => ignored += 1,
+        }
+    }
+    for (result, n) in [
+        ("accepted", accepted),
+        ("restarted", restarted),
+        ("ignored", ignored),
+    ] {
+        if n > 0 {
+            metrics.reports(result, n);
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,658 @@
+//! Every route and every error code, through `router(state).oneshot(…)` without a socket.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use http::{HeaderMap, Request, StatusCode};
+use inferpick_schema::{Decision, ErrorBody, LoadReport};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::router;
+use crate::config::Settings;
+use crate::service::AppState;
+use crate::table::tests::{MODEL, report};
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Asserts the contract's error shape and returns the message.
+    fn error(&self, status: u16, code: &str) -> String {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let e: ErrorBody = self.json();
+        assert_eq!(e.error, code, "{}", e.message);
+        assert!(!e.message.is_empty());
+        e.message
+    }
+}
+
+async fn call(app: &Router, req: Request<Body>) -> Reply {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn json_req(path: &str, body: &Value) -> Request<Body> {
+    raw_req(path, body.to_string())
+}
+
+fn raw_req(path: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .body(body.into())
+        .unwrap()
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+fn app_with(settings: Settings) -> (AppState, Router) {
+    let state = AppState::new(settings).unwrap();
+    (state.clone(), router(state))
+}
+
+fn app() -> (AppState, Router) {
+    app_with(Settings::default())
+}
+
+fn pod(address: &str, waiting: u32, kv: f64) -> LoadReport {
+    let mut r = report(address, 1);
+    r.load.requests_waiting = Some(waiting);
+    r.load.kv_cache_utilization = Some(kv);
+    r
+}
+
+fn to_json(r: &LoadReport) -> Value {
+    serde_json::to_value(r).unwrap()
+}
+
+async fn push(app: &Router, reports: &[LoadReport]) {
+    let body: Vec<Value> = reports.iter().map(to_json).collect();
+    let r = call(app, json_req("/v1/reports", &Value::Array(body))).await;
+    assert_eq!(
+        r.status,
+        StatusCode::NO_CONTENT,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+/// The table as `/v1/endpoints` shows it, minus the ages (they move with the clock).
+async fn table_json(app: &Router) -> Value {
+    let mut v: Value = call(app, get("/v1/endpoints")).await.json();
+    for e in v["endpoints"].as_array_mut().unwrap() {
+        e.as_object_mut().unwrap().remove("age_ms");
+        e.as_object_mut().unwrap().remove("state");
+    }
+    v
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "inferpick-picker-http-{name}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test]
+async fn reports_single_and_array_are_accepted_and_listed() {
+    let (_, app) = app();
+    let r = call(
+        &app,
+        json_req("/v1/reports", &to_json(&pod("10.0.0.1:8000", 1, 0.1))),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    push(
+        &app,
+        &[pod("10.0.0.2:8000", 0, 0.1), pod("10.0.0.3:8000", 0, 0.1)],
+    )
+    .await;
+    let t: Value = call(&app, get("/v1/endpoints")).await.json();
+    let eps = t["endpoints"].as_array().unwrap();
+    assert_eq!(eps.len(), 3);
+    assert_eq!(eps[0]["address"], "10.0.0.1:8000");
+    assert_eq!(eps[0]["state"], "ready");
+    assert_eq!(eps[0]["report"]["load"]["requests_waiting"], 1);
+    assert_eq!(eps[0]["inflight"]["requests"], 0);
+}
+
+#[tokio::test]
+async fn report_token_is_required_when_configured_and_refusals_change_nothing() {
+    let dir = scratch("token");
+    let token = dir.join("report-token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let (state, app) = app_with(Settings {
+        report_token_file: Some(token.clone()),
+        ..Settings::default()
+    });
+    let body = to_json(&pod("10.0.0.1:8000", 0, 0.1)).to_string();
+
+    let none = call(&app, raw_req("/v1/reports", body.clone())).await;
+    assert!(none.error(401, "unauthorized").contains("missing"));
+    assert_eq!(none.headers["www-authenticate"], "Bearer");
+    let wrong = Request::post("/v1/reports")
+        .header("authorization", "Bearer nope")
+        .body(Body::from(body.clone()))
+        .unwrap();
+    assert!(
+        call(&app, wrong)
+            .await
+            .error(401, "unauthorized")
+            .contains("wrong")
+    );
+    assert!(state.table().snapshot().is_empty());
+
+    let right = Request::post("/v1/reports")
+        .header("authorization", "Bearer s3cret")
+        .body(Body::from(body.clone()))
+        .unwrap();
+    assert_eq!(call(&app, right).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(state.table().snapshot().len(), 1);
+
+    // The token file is re-read when it changes.
+    std::fs::write(&token, "rotated").unwrap();
+    let f = std::fs::File::options().append(true).open(&token).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    state.refresh_tokens();
+    let old = Request::post("/v1/reports")
+        .header("authorization", "Bearer s3cret")
+        .body(Body::from(body.clone()))
+        .unwrap();
+    call(&app, old).await.error(401, "unauthorized");
+    let new = Request::post("/v1/reports")
+        .header("authorization", "Bearer rotated")
+        .body(Body::from(body))
+        .unwrap();
+    assert_eq!(call(&app, new).await.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn bad_reports_are_400_naming_the_field_and_change_nothing() {
+    let (_, app) = app();
+    push(&app, &[pod("10.0.0.1:8000", 2, 0.3)]).await;
+    let before = table_json(&app).await;
+
+    let mut nan = to_json(&pod("10.0.0.1:8000", 0, 0.1)).to_string();
+    nan = nan.replace(
+        "\"kv_cache_utilization\":0.1",
+        "\"kv_cache_utilization\":NaN",
+    );
+    assert!(nan.contains("NaN"));
+    let mut negative = to_json(&pod("10.0.0.1:8000", 0, 0.1));
+    negative["seq"] = json!(2);
+    negative["load"]["requests_waiting"] = json!(-3);
+    let mut version = to_json(&pod("10.0.0.1:8000", 0, 0.1));
+    version["seq"] = json!(3);
+    version["schema_version"] = json!(2);
+    let mut ratio = to_json(&pod("10.0.0.9:8000", 0, 0.1));
+    ratio["load"]["kv_cache_utilization"] = json!(1.5);
+    let array = json!([to_json(&pod("10.0.0.5:8000", 0, 0.1)), ratio.clone()]);
+
+    let cases: Vec<(String, &str)> = vec![
+        ("{\"schema_version\": 1,".into(), "line 1"),
+        (nan, "load.kv_cache_utilization"),
+        (negative.to_string(), "load.requests_waiting"),
+        (
+            version.to_string(),
+            "schema_version: 2: unknown schema version",
+        ),
+        (ratio.to_string(), "load.kv_cache_utilization: 1.5"),
+        (array.to_string(), "[1].load.kv_cache_utilization"),
+    ];
+    for (body, says) in cases {
+        let msg = call(&app, raw_req("/v1/reports", body))
+            .await
+            .error(400, "invalid_request");
+        assert!(msg.contains(says), "{msg:?} lacks {says:?}");
+    }
+    assert_eq!(table_json(&app).await, before);
+}
+
+#[tokio::test]
+async fn oversized_and_non_json_bodies_are_refused() {
+    let (state, app) = app();
+    let big = vec![b' '; 2 << 20];
+    call(&app, raw_req("/v1/reports", big.clone()))
+        .await
+        .error(413, "payload_too_large");
+    let declared = Request::post("/v1/reports")
+        .header("content-length", big.len())
+        .body(Body::from(big))
+        .unwrap();
+    call(&app, declared).await.error(413, "payload_too_large");
+    let text = Request::post("/v1/reports")
+        .header("content-type", "text/plain")
+        .body(Body::from(
+            to_json(&pod("10.0.0.1:8000", 0, 0.1)).to_string(),
+        ))
+        .unwrap();
+    call(&app, text).await.error(415, "unsupported_media_type");
+    assert!(state.table().snapshot().is_empty());
+    let metrics = state.render_metrics();
+    assert!(
+        metrics.contains("inferpick_picker_reports_total{result=\"too_large\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn pick_returns_a_decision_and_counts_it_in_flight() {
+    let (state, app) = app();
+    push(
+        &app,
+        &[pod("10.0.0.1:8000", 4, 0.5), pod("10.0.0.2:8000", 0, 0.1)],
+    )
+    .await;
+    let r = call(
+        &app,
+        json_req("/v1/pick", &json!({"model": MODEL, "prompt_tokens": 100})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let d: Decision = r.json();
+    assert_eq!(d.endpoint, "10.0.0.2:8000");
+    assert_eq!(d.fallbacks, ["10.0.0.1:8000"]);
+    assert_eq!(d.policy, "inferpick");
+    assert_eq!(d.pod.as_deref(), Some("pod-10.0.0.2:8000"));
+    assert!(d.explain.is_none());
+    let e = state
+        .table()
+        .snapshot()
+        .get("10.0.0.2:8000")
+        .unwrap()
+        .inflight();
+    assert_eq!((e.requests, e.prompt_tokens), (1, 100));
+
+    // done closes it.
+    let done = call(
+        &app,
+        json_req(
+            "/v1/done",
+            &json!({"decision_id": d.decision_id, "ttft_ms": 120.5}),
+        ),
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        state
+            .table()
+            .snapshot()
+            .get("10.0.0.2:8000")
+            .unwrap()
+            .inflight()
+            .requests,
+        0
+    );
+    call(&app, json_req("/v1/done", &json!({"decision_id": "zzz"})))
+        .await
+        .error(400, "invalid_request");
+    call(
+        &app,
+        json_req(
+            "/v1/done",
+            &json!({"decision_id": d.decision_id, "ttft_ms": -1.0}),
+        ),
+    )
+    .await
+    .error(400, "invalid_request");
+
+    let r = call(
+        &app,
+        json_req("/v1/pick?explain=true", &json!({"model": MODEL})),
+    )
+    .await;
+    let d: Decision = r.json();
+    assert_eq!(
+        d.explain.unwrap()["candidates"].as_array().unwrap().len(),
+        2
+    );
+    call(
+        &app,
+        json_req("/v1/pick?explain=maybe", &json!({"model": MODEL})),
+    )
+    .await
+    .error(400, "invalid_request");
+}
+
+#[tokio::test]
+async fn pick_errors_have_their_codes_and_change_nothing() {
+    let (state, app) = app();
+    // Empty table.
+    call(&app, json_req("/v1/pick", &json!({"model": MODEL})))
+        .await
+        .error(503, "no_ready_endpoint");
+    push(
+        &app,
+        &[pod("10.0.0.1:8000", 9, 0.9), pod("10.0.0.2:8000", 6, 0.5)],
+    )
+    .await;
+    let before = table_json(&app).await;
+
+    let msg = call(&app, json_req("/v1/pick", &json!({"model": "gpt-5"})))
+        .await
+        .error(404, "unknown_model");
+    assert!(msg.contains("gpt-5"));
+    let msg = call(
+        &app,
+        json_req("/v1/pick", &json!({"model": MODEL, "max_token": 5})),
+    )
+    .await
+    .error(400, "invalid_request");
+    assert!(msg.contains("max_token"), "{msg}");
+    call(&app, raw_req("/v1/pick", "{not json"))
+        .await
+        .error(400, "invalid_request");
+    let msg = call(
+        &app,
+        json_req("/v1/pick", &json!({"model": MODEL, "priority": "high"})),
+    )
+    .await
+    .error(400, "invalid_request");
+    assert!(msg.starts_with("priority"), "{msg}");
+
+    let shed = call(
+        &app,
+        json_req("/v1/pick", &json!({"model": MODEL, "priority": -1})),
+    )
+    .await;
+    shed.error(429, "shed");
+    let retry: u64 = shed.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    assert_eq!(
+        table_json(&app).await,
+        before,
+        "rejected picks leave the table alone"
+    );
+
+    // Nothing fresh: every endpoint not ready.
+    let mut down = pod("10.0.0.1:8000", 0, 0.1);
+    down.seq = 2;
+    down.engine.ready = false;
+    let mut down2 = pod("10.0.0.2:8000", 0, 0.1);
+    down2.seq = 2;
+    down2.engine.ready = false;
+    push(&app, &[down, down2]).await;
+    let msg = call(&app, json_req("/v1/pick", &json!({"model": MODEL})))
+        .await
+        .error(503, "no_ready_endpoint");
+    assert!(msg.contains("2 not ready"), "{msg}");
+
+    let m = state.render_metrics();
+    for outcome in ["shed", "no_endpoint", "unknown_model", "invalid"] {
+        assert!(
+            m.contains(&format!("outcome=\"{outcome}\"")),
+            "{outcome} missing from {m}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn stale_endpoints_are_503() {
+    let (_, app) = app_with(Settings {
+        max_report_age: Duration::from_nanos(1),
+        ..Settings::default()
+    });
+    push(&app, &[pod("10.0.0.1:8000", 0, 0.1)]).await;
+    let msg = call(&app, json_req("/v1/pick", &json!({"model": MODEL})))
+        .await
+        .error(503, "no_ready_endpoint");
+    assert!(msg.contains("1 stale"), "{msg}");
+}
+
+#[tokio::test]
+async fn pick_token_guards_pick_authz_and_done() {
+    let dir = scratch("pick-token");
+    let token = dir.join("pick-token");
+    std::fs::write(&token, "p1ck").unwrap();
+    let (_, app) = app_with(Settings {
+        pick_token_file: Some(token),
+        ..Settings::default()
+    });
+    push(&app, &[pod("10.0.0.1:8000", 0, 0.1)]).await;
+    call(&app, json_req("/v1/pick", &json!({"model": MODEL})))
+        .await
+        .error(401, "unauthorized");
+    call(&app, get("/v1/authz"))
+        .await
+        .error(401, "unauthorized");
+    call(
+        &app,
+        json_req("/v1/done", &json!({"decision_id": uuid::Uuid::nil()})),
+    )
+    .await
+    .error(401, "unauthorized");
+    let ok = Request::post("/v1/pick")
+        .header("authorization", "Bearer p1ck")
+        .body(Body::from(json!({"model": MODEL}).to_string()))
+        .unwrap();
+    assert_eq!(call(&app, ok).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn authz_reads_headers_and_answers_with_the_destination_header() {
+    let (state, app) = app();
+    push(
+        &app,
+        &[
+            pod("10.0.0.1:8000", 3, 0.3),
+            pod("10.0.0.2:8000", 0, 0.1),
+            pod("10.0.0.3:8000", 1, 0.2),
+        ],
+    )
+    .await;
+    let r = call(
+        &app,
+        Request::get("/v1/authz")
+            .header("x-gateway-model-name", MODEL)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["x-gateway-destination-endpoint"], "10.0.0.2:8000");
+    assert_eq!(
+        r.headers["x-inferpick-fallbacks"],
+        "10.0.0.3:8000,10.0.0.1:8000"
+    );
+    assert!(uuid::Uuid::parse_str(r.headers["x-inferpick-decision-id"].to_str().unwrap()).is_ok());
+
+    // Any method, any sub-path; the model from a JSON body; a candidate subset.
+    let r = call(
+        &app,
+        Request::put("/v1/authz/v1/chat/completions")
+            .header(
+                "x-gateway-destination-endpoint-subset",
+                "10.0.0.1:8000, 10.0.0.3:8000",
+            )
+            .body(Body::from(
+                json!({"model": MODEL, "messages": []}).to_string(),
+            ))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.headers["x-gateway-destination-endpoint"], "10.0.0.3:8000");
+
+    // No model anywhere: the table's only model.
+    let r = call(
+        &app,
+        Request::post("/v1/authz")
+            .body(Body::from("not json"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let bad = Request::get("/v1/authz")
+        .header("x-inferpick-priority", "urgent")
+        .body(Body::empty())
+        .unwrap();
+    assert!(
+        call(&app, bad)
+            .await
+            .error(400, "invalid_request")
+            .contains("x-inferpick-priority")
+    );
+    let unknown = Request::get("/v1/authz")
+        .header("x-gateway-model-name", "nope")
+        .body(Body::empty())
+        .unwrap();
+    call(&app, unknown).await.error(404, "unknown_model");
+
+    // Saturated pool, sheddable request.
+    let mut busy: Vec<LoadReport> = (1..=3)
+        .map(|i| pod(&format!("10.0.0.{i}:8000"), 8, 0.9))
+        .collect();
+    for r in &mut busy {
+        r.seq = 2;
+    }
+    state.table().ingest_batch(busy, state.now()).unwrap();
+    let shed = Request::get("/v1/authz")
+        .header("x-inferpick-priority", "-1")
+        .body(Body::empty())
+        .unwrap();
+    let r = call(&app, shed).await;
+    r.error(429, "shed");
+    assert!(r.headers.contains_key("retry-after"));
+    let objective = Request::get("/v1/authz")
+        .header("x-gateway-inference-objective", "chat")
+        .body(Body::empty())
+        .unwrap();
+    assert!(
+        call(&app, objective)
+            .await
+            .error(400, "invalid_request")
+            .contains("objective")
+    );
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness() {
+    let (_, app) = app();
+    push(&app, &[pod("10.0.0.1:8000", 0, 0.1)]).await;
+    call(&app, json_req("/v1/pick", &json!({"model": MODEL}))).await;
+    let r = call(&app, get("/metrics")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.headers["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    for line in [
+        "inferpick_picker_decisions_total{model=\"meta-llama/Llama-3.1-8B-Instruct\",outcome=\"routed\",policy=\"inferpick\"} 1",
+        "# TYPE inferpick_picker_decision_duration_seconds histogram",
+        "inferpick_picker_decision_duration_seconds_bucket{le=\"0.000001\"}",
+        "inferpick_picker_reports_total{result=\"accepted\"} 1",
+        "inferpick_picker_endpoints{state=\"ready\"} 1",
+        "inferpick_picker_endpoints{state=\"stale\"} 0",
+        "inferpick_picker_report_age_seconds{endpoint=\"10.0.0.1:8000\"}",
+        "inferpick_picker_inflight_estimate{endpoint=\"10.0.0.1:8000\"} 1",
+        "inferpick_picker_routed_total{endpoint=\"10.0.0.1:8000\"} 1",
+        "inferpick_picker_pool_saturation{model=\"meta-llama/Llama-3.1-8B-Instruct\"} 0.0",
+        "inferpick_picker_info{version=\"0.1.0\",policy=\"inferpick\"} 1",
+        "# EOF",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = family.split(' ').next().unwrap();
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no help"
+        );
+    }
+    let classic = call(
+        &app,
+        Request::get("/metrics")
+            .header("accept", "text/plain")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        classic.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    assert!(
+        String::from_utf8_lossy(&classic.body)
+            .contains("# TYPE inferpick_picker_routed_total counter")
+    );
+
+    assert_eq!(call(&app, get("/healthz")).await.status, StatusCode::OK);
+    assert_eq!(call(&app, get("/readyz")).await.status, StatusCode::OK);
+    call(&app, get("/v2/nothing")).await.error(404, "not_found");
+}
+
+#[tokio::test]
+async fn reload_applies_a_good_file_and_keeps_the_old_config_on_a_bad_one() {
+    let dir = scratch("reload");
+    let file = dir.join("picker.yaml");
+    std::fs::write(
+        &file,
+        "policy: gie\nobjectives: [{ name: batch, priority: -1 }]\n",
+    )
+    .unwrap();
+    let settings = Settings::from_args(crate::config::Args {
+        config: Some(file.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let (state, app) = app_with(settings);
+    assert_eq!(state.scheduler().policy().as_str(), "gie");
+
+    std::fs::write(&file, "policy: round-robin\n").unwrap();
+    assert!(state.reload());
+    assert_eq!(state.scheduler().policy().as_str(), "round-robin");
+    assert!(state.render_metrics().contains("policy=\"round-robin\"} 1"));
+
+    std::fs::write(&file, "policy: fastest\nbogus: 1\n").unwrap();
+    assert!(!state.reload());
+    assert_eq!(
+        state.scheduler().policy().as_str(),
+        "round-robin",
+        "the bad file was not applied"
+    );
+    push(&app, &[pod("10.0.0.1:8000", 0, 0.1)]).await;
+    let d: Decision = call(&app, json_req("/v1/pick", &json!({}))).await.json();
+    assert_eq!(d.policy, "round-robin");
+}

@@ -1,0 +1,220 @@
+//! The picker's Prometheus metrics (`inferpick_picker_*`, CONTRACTS.md), in an explicit registry.
+//!
+//! Decision and report counters are updated as events happen. The per-endpoint families (age,
+//! in-flight estimate, routed count) and the pool saturation are read from the table at scrape time
+//! by a collector, so forgotten endpoints disappear from the exposition and nothing per endpoint is
+//! kept twice.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::scheduler::{Policy, Scheduler};
+use crate::service::Clock;
+use crate::table::{EndpointState, Table};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    model: String,
+    outcome: &'static str,
+    policy: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    version: &'static str,
+    policy: &'static str,
+}
+
+/// The event-driven metrics; the table-driven ones are a [`Collector`] registered beside them.
+#[derive(Debug)]
+pub struct Metrics {
+    decisions: Family<DecisionLabels, Counter>,
+    decision_duration: Histogram,
+    reports: Family<ResultLabels, Counter>,
+    info: Family<InfoLabels, Gauge>,
+}
+
+impl Metrics {
+    /// Registers every picker family into `registry`.
+    pub(crate) fn register(
+        registry: &mut Registry,
+        table: Arc<Table>,
+        scheduler: Arc<ArcSwap<Scheduler>>,
+        clock: Clock,
+    ) -> Self {
+        let m = Metrics {
+            decisions: Family::default(),
+            // 1 µs, 2 µs, 4 µs … about 0.5 s.
+            decision_duration: Histogram::new(exponential_buckets(1e-6, 2.0, 20)),
+            reports: Family::default(),
+            info: Family::default(),
+        };
+        registry.register(
+            "inferpick_picker_decisions",
+            "Pick decisions by resolved model, outcome (routed, shed, no_endpoint, unknown_model, invalid) and policy",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "inferpick_picker_decision_duration_seconds",
+            "Time to decide one pick, in seconds",
+            m.decision_duration.clone(),
+        );
+        registry.register(
+            "inferpick_picker_reports",
+            "Load reports received, by result (accepted, restarted, ignored, invalid, unauthorized, too_large)",
+            m.reports.clone(),
+        );
+        registry.register(
+            "inferpick_picker_info",
+            "The picker's version and scheduling policy (value 1)",
+            m.info.clone(),
+        );
+        registry.register_collector(Box::new(TableCollector {
+            table,
+            scheduler,
+            clock,
+        }));
+        m
+    }
+
+    /// Counts one decision and how long it took.
+    pub fn decision(&self, model: &str, outcome: &'static str, policy: Policy, seconds: f64) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                model: model.to_string(),
+                outcome,
+                policy: policy.as_str(),
+            })
+            .inc();
+        self.decision_duration.observe(seconds);
+    }
+
+    /// Counts `n` reports with `result`.
+    pub fn reports(&self, result: &'static str, n: u64) {
+        self.reports
+            .get_or_create(&ResultLabels { result })
+            .inc_by(n);
+    }
+
+    /// Sets the info series for `policy` (and removes the previous one).
+    pub fn set_policy(&self, policy: Policy) {
+        self.info.clear();
+        self.info
+            .get_or_create(&InfoLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                policy: policy.as_str(),
+            })
+            .set(1);
+    }
+}
+
+#[derive(Debug)]
+struct TableCollector {
+    table: Arc<Table>,
+    scheduler: Arc<ArcSwap<Scheduler>>,
+    clock: Clock,
+}
+
+impl Collector for TableCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = self.clock.now();
+        let snap = self.table.snapshot();
+        let sat = self.scheduler.load().config().saturation.clone();
+
+        let mut states = [0i64; 3];
+        for e in snap.iter() {
+            let i = EndpointState::ALL
+                .iter()
+                .position(|s| *s == e.state(now, snap.max_report_age))
+                .unwrap_or(0);
+            states[i] += 1;
+        }
+        let mut fam = encoder.encode_descriptor(
+            "inferpick_picker_endpoints",
+            "Endpoints in the table by state (ready, stale, not_ready).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, n) in EndpointState::ALL.iter().zip(states) {
+            ConstGauge::new(n).encode(fam.encode_family(&[("state", state.as_str())])?)?;
+        }
+
+        let mut fam = encoder.encode_descriptor(
+            "inferpick_picker_report_age_seconds",
+            "Seconds since each endpoint's last report arrived.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for e in snap.iter() {
+            ConstGauge::new(e.age(now).as_secs_f64())
+                .encode(fam.encode_family(&[("endpoint", &*e.address)])?)?;
+        }
+
+        let mut fam = encoder.encode_descriptor(
+            "inferpick_picker_inflight_estimate",
+            "Requests this picker routed to each endpoint since its last report and not yet seen done.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for e in snap.iter() {
+            ConstGauge::new(e.inflight().requests as i64)
+                .encode(fam.encode_family(&[("endpoint", &*e.address)])?)?;
+        }
+
+        let mut fam = encoder.encode_descriptor(
+            "inferpick_picker_routed",
+            "Requests routed to each endpoint since it entered the table.",
+            None,
+            MetricType::Counter,
+        )?;
+        for e in snap.iter() {
+            ConstCounter::new(e.routed_total())
+                .encode(fam.encode_family(&[("endpoint", &*e.address)])?)?;
+        }
+
+        // Per model: the fraction of its ready endpoints that are saturated.
+        let mut pools: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        for e in snap.iter() {
+            if e.state(now, snap.max_report_age) != EndpointState::Ready {
+                continue;
+            }
+            let load = &e.report.load;
+            let inflight = e.inflight();
+            let saturated = u64::from(load.requests_waiting.unwrap_or(0)) + inflight.requests
+                >= u64::from(sat.queue_depth_threshold)
+                || load
+                    .kv_cache_utilization
+                    .is_some_and(|k| k >= sat.kv_cache_threshold);
+            for m in &e.report.models {
+                let p = pools.entry(m.name.as_str()).or_default();
+                p.0 += 1;
+                p.1 += u64::from(saturated);
+            }
+        }
+        let mut fam = encoder.encode_descriptor(
+            "inferpick_picker_pool_saturation",
+            "Fraction (0..1) of each model's ready endpoints that are saturated.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (model, (ready, saturated)) in pools {
+            ConstGauge::new(saturated as f64 / ready as f64)
+                .encode(fam.encode_family(&[("model", model)])?)?;
+        }
+        Ok(())
+    }
+}
