@@ -1,0 +1,274 @@
+//! Runs the real `inferpick-picker` binary on loopback: reports in, picks out, staleness, forgetting,
+//! SIGTERM, and the exit status of a bad configuration.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+const BIN: &str = env!("CARGO_BIN_EXE_inferpick-picker");
+
+/// Kills the child when the test ends, even on panic, and prints its log if the test failed.
+struct Picker {
+    child: Child,
+    base: String,
+    log: mpsc::Receiver<String>,
+}
+
+impl Drop for Picker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- picker log ---");
+            while let Ok(line) = self.log.try_recv() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn start(extra: &[&str]) -> Picker {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--grpc-listen", "off"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env_remove("INFERPICK_LOG_FORMAT")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start inferpick-picker");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut picker = Picker {
+        child,
+        base: String::new(),
+        log: rx,
+    };
+    // The binary logs the address it bound; wait for that line.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match picker.log.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                if let Some(rest) = line.split("http=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap();
+                    picker.base = format!("http://{addr}");
+                    return picker;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("picker exited before listening"),
+        }
+    }
+    panic!("picker did not log its address within 20 s");
+}
+
+fn report(address: &str, seq: u64) -> Value {
+    json!({
+        "schema_version": 1,
+        "agent": {"id": format!("agent-{address}"), "version": "0.1.0", "started_at_ms": 1},
+        "seq": seq, "sent_at_ms": 1, "interval_ms": 100,
+        "endpoint": {"address": address, "pod": format!("pod-{address}")},
+        "engine": {"kind": "vllm", "ready": true},
+        "models": [{"name": MODEL}],
+        "load": {"requests_waiting": 0, "requests_running": 1, "kv_cache_utilization": 0.1}
+    })
+}
+
+async fn push(client: &reqwest::Client, base: &str, reports: Value) {
+    let r = client
+        .post(format!("{base}/v1/reports"))
+        .json(&reports)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+}
+
+async fn pick(client: &reqwest::Client, base: &str) -> (u16, Value) {
+    let r = client
+        .post(format!("{base}/v1/pick"))
+        .json(&json!({"model": MODEL}))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn state_of(client: &reqwest::Client, base: &str, address: &str) -> Option<String> {
+    let t: Value = client
+        .get(format!("{base}/v1/endpoints"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    t["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == address)
+        .map(|e| e["state"].as_str().unwrap().to_string())
+}
+
+const A: &str = "127.0.0.1:18001";
+const B: &str = "127.0.0.1:18002";
+
+#[tokio::test]
+async fn a_silent_endpoint_leaves_decisions_then_the_table() {
+    let picker = start(&["--max-report-age", "300ms", "--forget-after", "1500ms"]);
+    let base = picker.base.clone();
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    push(&client, &base, json!([report(A, 1), report(B, 1)])).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let (status, d) = pick(&client, &base).await;
+        assert_eq!(status, 200, "{d}");
+        seen.insert(d["endpoint"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        [A, B],
+        "both fresh endpoints take picks"
+    );
+
+    // A's agent keeps pushing every 100 ms; B's went silent. Poll until B is stale.
+    let mut seq = 2;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        tick.tick().await;
+        push(&client, &base, report(A, seq)).await;
+        seq += 1;
+        if state_of(&client, &base, B).await.as_deref() == Some("stale") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never went stale");
+    }
+    for _ in 0..20 {
+        let (status, d) = pick(&client, &base).await;
+        assert_eq!(
+            (status, d["endpoint"].as_str().unwrap()),
+            (200, A),
+            "a stale endpoint was picked"
+        );
+    }
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(
+        metrics.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(
+        metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("inferpick_picker_endpoints{state=\"stale\"} 1")
+    );
+
+    // Keep A alive until B is forgotten entirely.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        tick.tick().await;
+        push(&client, &base, report(A, seq)).await;
+        seq += 1;
+        if state_of(&client, &base, B).await.is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B was never forgotten");
+    }
+
+    // Everyone silent: nothing fresh to pick.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = pick(&client, &base).await;
+        if status == 503 {
+            assert_eq!(body["error"], "no_ready_endpoint");
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never went stale");
+        tick.tick().await;
+    }
+}
+
+#[test]
+fn sigterm_stops_the_picker_cleanly() {
+    let mut picker = start(&[]);
+    let status = Command::new("kill")
+        .args(["-TERM", &picker.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(exit) = picker.child.try_wait().unwrap() {
+            assert!(exit.success(), "exit status {exit}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "picker did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_bad_configuration_exits_64_naming_every_problem() {
+    let dir = std::env::temp_dir().join(format!("inferpick-picker-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("picker.yaml");
+    std::fs::write(
+        &file,
+        "policy: fastest\nstaleness: { max_report_age: soon }\nextra_key: 1\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", file.to_str().unwrap(), "--listen", "nowhere"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for says in [
+        "policy: unknown policy \"fastest\"",
+        "staleness.max_report_age",
+        "extra_key: unknown key",
+        "--listen",
+    ] {
+        assert!(err.contains(says), "{says:?} missing from {err}");
+    }
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--config",
+        "--listen",
+        "--grpc-listen",
+        "--extproc-fallbacks",
+        "--report-token-file",
+        "--pick-token-file",
+        "--max-report-age",
+        "--forget-after",
+        "--policy",
+        "INFERPICK_MAX_REPORT_AGE",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}
