@@ -7,6 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use inferpick_schema::EngineKind;
+
+use crate::emulate::{self, Emulator, EmulatorConfig};
 use crate::engine::EngineConfig;
 use crate::sim::{self, SimConfig, SimPolicy, capacity};
 use crate::workload::Workload;
@@ -26,6 +29,33 @@ pub struct Cli {
 pub enum Command {
     /// Discrete-event simulation of a fleet with the picker's real scheduler; prints a comparison.
     Sim(SimArgs),
+    /// One emulated model server: OpenAI API and `/metrics` in the chosen engine's dialect.
+    Emulate(EmulateArgs),
+}
+
+/// `emulate`: flags.
+#[derive(Debug, Args)]
+pub struct EmulateArgs {
+    /// Address to listen on.
+    #[arg(long, env = "INFERPICK_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: String,
+    /// Whose `/metrics` dialect to speak: vllm, sglang, tgi, triton-trtllm, trtllm-serve, llamacpp, lmdeploy.
+    #[arg(long, env = "INFERPICK_ENGINE", default_value = "vllm")]
+    pub engine: EngineKind,
+    /// The base model's name.
+    #[arg(
+        long,
+        env = "INFERPICK_MODEL",
+        default_value = "meta-llama/Llama-3.1-8B-Instruct"
+    )]
+    pub model: String,
+    /// Comma list of LoRA adapters served on top of the base model.
+    #[arg(long, env = "INFERPICK_ADAPTERS", value_delimiter = ',')]
+    pub adapters: Vec<String>,
+    /// YAML engine profile (kv_tokens, max_num_seqs, step_base, prefill_per_token, …);
+    /// unset keys keep the defaults (Llama-3.1-8B on one H100).
+    #[arg(long, env = "INFERPICK_PROFILE")]
+    pub profile: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -84,7 +114,66 @@ pub struct SimArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sim(args) => sim_command(args),
+        Command::Emulate(args) => runtime()?.block_on(emulate_command(args)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+async fn emulate_command(args: EmulateArgs) -> anyhow::Result<()> {
+    let engine = match &args.profile {
+        Some(path) => EngineConfig::load(path)?,
+        None => EngineConfig::default(),
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    let emulator = Emulator::new(EmulatorConfig {
+        kind: args.engine,
+        model: args.model,
+        adapters: args
+            .adapters
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .collect(),
+        engine,
+    });
+    let running = emulate::spawn(emulator, listener)?;
+    eprintln!(
+        "emulating {} at http://{} (model {}; /v1/completions, /v1/chat/completions, /v1/models, /metrics)",
+        args.engine,
+        running.addr,
+        running.emulator.config().model
+    );
+    shutdown_signal().await;
+    running.stop().await;
+    Ok(())
 }
 
 fn sim_command(args: SimArgs) -> anyhow::Result<()> {

@@ -2,10 +2,12 @@
 //! generator and the demo.
 //!
 //! - [`cli`]: the command line (subcommands and flags of CONTRACTS.md).
+//! - [`emulate`]: one emulated model server (OpenAI API, `/metrics` in seven dialects), real time.
 //! - [`engine`]: the model-server model (continuous batching, paged KV, prefix cache, LoRA slots).
 //! - [`sim`]: the discrete-event simulator with the picker's real scheduler, the oracle, capacity.
 //! - [`workload`]: built-in and YAML workloads, and the deterministic request generator.
 pub mod cli;
+pub mod emulate;
 pub mod engine;
 pub mod sim;
 pub mod workload;

@@ -106,6 +106,31 @@ impl EngineConfig {
         Ok(())
     }
 
+    /// Reads a YAML engine profile; keys not given keep their defaults. Errors name the file and key.
+    pub fn load(path: &std::path::Path) -> Result<EngineConfig, ProfileError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let de = serde_norway::Deserializer::from_str(&text);
+        let config: EngineConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            let message = message
+                .strip_prefix(&format!("{path}: "))
+                .map_or(message.clone(), str::to_string);
+            ProfileError::Invalid {
+                file: file.clone(),
+                message: format!("{path}: {message}"),
+            }
+        })?;
+        config
+            .validate()
+            .map_err(|message| ProfileError::Invalid { file, message })?;
+        Ok(config)
+    }
+
     /// Blocks in the KV cache.
     pub fn kv_blocks(&self) -> u64 {
         self.kv_tokens / u64::from(self.block_tokens)
@@ -117,6 +142,28 @@ impl EngineConfig {
             + self.prefill_per_token * prefill as u32
             + self.decode_per_seq * decode as u32
     }
+}
+
+/// An engine profile that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// The file could not be read.
+    #[error("{file}: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key is unknown or a value is wrong.
+    #[error("{file}: {message}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// The key and the problem.
+        message: String,
+    },
 }
 
 /// A request as the engine sees it.

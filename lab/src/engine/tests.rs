@@ -238,3 +238,26 @@ fn cancelled_requests_free_their_memory() {
     assert_eq!(engine.state().kv_used_blocks, 0);
     assert!(engine.start_step(end).is_none());
 }
+
+#[test]
+fn profiles_override_defaults_and_name_bad_keys() {
+    let dir = std::env::temp_dir().join(format!("inferpick-lab-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, "kv_tokens: 100000\nstep_base: 5ms\n").unwrap();
+    let c = EngineConfig::load(&good).unwrap();
+    assert_eq!(c.kv_tokens, 100_000);
+    assert_eq!(c.step_base, Duration::from_millis(5));
+    assert_eq!(c.max_num_seqs, 256);
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "kv_tokns: 100000\n").unwrap();
+    let err = EngineConfig::load(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("bad.yaml") && err.contains("kv_tokns"),
+        "{err}"
+    );
+    std::fs::write(&bad, "step_base: fast\n").unwrap();
+    let err = EngineConfig::load(&bad).unwrap_err().to_string();
+    assert!(err.contains("step_base") && err.contains("fast"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,405 @@
+//! `emulate`: one model server in real time. The [engine model](crate::engine) runs on a driver
+//! task that sleeps until each step ends; HTTP handlers submit requests and stream the tokens the
+//! engine produces; `/metrics` shows the engine's state in the chosen engine's dialect.
+//!
+//! Prompts are counted as one token per 4 characters, and hashed in 64-character blocks (16
+//! tokens) for the prefix cache, so equal leading text hits the cache as in a real engine.
+//! Every request generates exactly `max_tokens` tokens (as with `ignore_eos`).
+
+pub mod exposition;
+mod openai;
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use inferpick_schema::EngineKind;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+
+use crate::engine::{Engine, EngineConfig, EngineEvent, EngineState, SeqSpec, SubmitError};
+use exposition::{AdapterNames, E2E_BUCKETS, Histogram, Observed, TOKEN_BUCKETS, TTFT_BUCKETS};
+
+pub use openai::router;
+
+/// What one emulated server serves.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// Whose `/metrics` dialect to speak.
+    pub kind: EngineKind,
+    /// The base model's name.
+    pub model: String,
+    /// LoRA adapters of the base model it serves.
+    pub adapters: Vec<String>,
+    /// Size and speed.
+    pub engine: EngineConfig,
+}
+
+/// What the driver sends a request's handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Output tokens generated so far (sent whenever it grows).
+    Tokens(u32),
+    /// The last token is out.
+    Done,
+}
+
+/// A request the HTTP layer hands to the emulator.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The prompt text.
+    pub prompt: String,
+    /// Tokens to generate.
+    pub max_tokens: u32,
+    /// Adapter name, or None for the base model.
+    pub adapter: Option<String>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulateError {
+    /// Neither the base model nor an adapter.
+    #[error("the model {0:?} does not exist")]
+    UnknownModel(String),
+    /// The engine can never fit it.
+    #[error(transparent)]
+    TooLong(#[from] SubmitError),
+}
+
+struct Stream {
+    tx: mpsc::UnboundedSender<Progress>,
+    sent: u32,
+    arrival: Instant,
+    prompt_tokens: u32,
+    max_tokens: u32,
+}
+
+struct Core {
+    engine: Engine,
+    streams: HashMap<u64, Stream>,
+    next_id: u64,
+    observed: Observed,
+}
+
+/// One emulated model server; cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Emulator {
+    config: Arc<EmulatorConfig>,
+    core: Arc<Mutex<Core>>,
+    wake: Arc<Notify>,
+    origin: Instant,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Chained hashes of a prompt's full 64-character blocks: the prefix-cache keys.
+pub fn prompt_blocks(prompt: &str) -> Vec<u64> {
+    let mut prev = 0u64;
+    prompt
+        .as_bytes()
+        .chunks_exact(64)
+        .map(|block| {
+            let mut h = DefaultHasher::new();
+            prev.hash(&mut h);
+            block.hash(&mut h);
+            prev = h.finish();
+            prev
+        })
+        .collect()
+}
+
+/// Tokens of a prompt: one per 4 bytes, at least one.
+pub fn prompt_tokens(prompt: &str) -> u32 {
+    (prompt.len().div_ceil(4)).max(1) as u32
+}
+
+impl Emulator {
+    /// A new emulator; call [`Emulator::drive`] (or use [`serve`]) to make time pass.
+    pub fn new(config: EmulatorConfig) -> Self {
+        let engine = Engine::new(config.engine.clone());
+        let observed = Observed {
+            model: config.model.clone(),
+            block_tokens: config.engine.block_tokens,
+            max_loras: if config.adapters.is_empty() {
+                0
+            } else {
+                config.engine.max_loras
+            },
+            started_unix: unix_now(),
+            now_unix: unix_now(),
+            requests_received: 0,
+            ttft: Histogram::new(TTFT_BUCKETS),
+            e2e: Histogram::new(E2E_BUCKETS),
+            input_length: Histogram::new(TOKEN_BUCKETS),
+            generated: Histogram::new(TOKEN_BUCKETS),
+            lora_info: Vec::new(),
+        };
+        Self {
+            config: Arc::new(config),
+            core: Arc::new(Mutex::new(Core {
+                engine,
+                streams: HashMap::new(),
+                next_id: 0,
+                observed,
+            })),
+            wake: Arc::new(Notify::new()),
+            origin: Instant::now(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EmulatorConfig {
+        &self.config
+    }
+
+    // A std mutex: the engine is only touched for microseconds and never across an await.
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// Queues a request; progress arrives on the returned channel. Dropping the receiver cancels it.
+    pub fn submit(
+        &self,
+        sub: Submission,
+    ) -> Result<(u64, u32, mpsc::UnboundedReceiver<Progress>), EmulateError> {
+        let adapter = match &sub.adapter {
+            None => None,
+            Some(name) => Some(
+                self.config
+                    .adapters
+                    .iter()
+                    .position(|a| a == name)
+                    .ok_or_else(|| EmulateError::UnknownModel(name.clone()))?
+                    as u32,
+            ),
+        };
+        let tokens = prompt_tokens(&sub.prompt);
+        let bt = self.config.engine.block_tokens as usize;
+        // Prefix-cache keys: 64 characters per 16-token block; only blocks wholly inside the prompt.
+        let mut blocks = prompt_blocks(&sub.prompt);
+        blocks.truncate(tokens as usize / bt);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = {
+            let mut core = self.lock();
+            let id = core.next_id;
+            core.next_id += 1;
+            core.engine.submit(SeqSpec {
+                id,
+                prompt_tokens: tokens,
+                output_tokens: sub.max_tokens.max(1),
+                prefix: blocks.into(),
+                adapter,
+            })?;
+            core.observed.requests_received += 1;
+            core.streams.insert(
+                id,
+                Stream {
+                    tx,
+                    sent: 0,
+                    arrival: Instant::now(),
+                    prompt_tokens: tokens,
+                    max_tokens: sub.max_tokens.max(1),
+                },
+            );
+            id
+        };
+        self.wake.notify_one();
+        Ok((id, tokens, rx))
+    }
+
+    /// The engine's state now.
+    pub fn state(&self) -> EngineState {
+        self.lock().engine.state()
+    }
+
+    /// `/metrics` in the configured dialect.
+    pub fn metrics(&self) -> String {
+        let mut core = self.lock();
+        let state = core.engine.state();
+        let names = self.adapter_names(&state);
+        core.observed.now_unix = unix_now();
+        if core.observed.max_loras > 0 {
+            let (running, waiting) = (names.running.join(","), names.waiting.join(","));
+            let now = core.observed.now_unix;
+            let info = &mut core.observed.lora_info;
+            match info
+                .iter_mut()
+                .find(|(r, w, _)| *r == running && *w == waiting)
+            {
+                Some(entry) => entry.2 = now,
+                None => info.push((running, waiting, now)),
+            }
+        }
+        exposition::render(self.config.kind, &state, &names, &core.observed)
+    }
+
+    fn adapter_names(&self, state: &EngineState) -> AdapterNames {
+        let name = |i: &u32| self.config.adapters[*i as usize].clone();
+        AdapterNames {
+            running: state.adapters_running.iter().map(name).collect(),
+            waiting: state.adapters_waiting.iter().map(name).collect(),
+        }
+    }
+
+    /// Runs the engine in real time until `shutdown` resolves.
+    pub async fn drive(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut events = Vec::new();
+        loop {
+            let end = {
+                let mut core = self.lock();
+                core.engine.start_step(self.now())
+            };
+            match end {
+                Some(end) => {
+                    let at = tokio::time::Instant::from_std(self.origin + end);
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = &mut shutdown => return,
+                    }
+                    self.finish_step(&mut events);
+                }
+                None => {
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = &mut shutdown => return,
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish_step(&self, events: &mut Vec<EngineEvent>) {
+        let mut guard = self.lock();
+        let core = &mut *guard;
+        core.engine.finish_step(events);
+        let mut gone = Vec::new();
+        for ev in events.drain(..) {
+            match ev {
+                EngineEvent::FirstToken { id, .. } => {
+                    if let Some(s) = core.streams.get(&id) {
+                        core.observed
+                            .ttft
+                            .observe(s.arrival.elapsed().as_secs_f64());
+                    }
+                }
+                EngineEvent::Finished { id } => {
+                    if let Some(s) = core.streams.remove(&id) {
+                        // A finished request generated all it was asked for.
+                        let total = s.max_tokens;
+                        let _ = s.tx.send(Progress::Tokens(total));
+                        let _ = s.tx.send(Progress::Done);
+                        core.observed.e2e.observe(s.arrival.elapsed().as_secs_f64());
+                        core.observed
+                            .input_length
+                            .observe(f64::from(s.prompt_tokens));
+                        core.observed.generated.observe(f64::from(total));
+                    }
+                }
+            }
+        }
+        for (id, s) in core.streams.iter_mut() {
+            let n = core.engine.generated(*id).unwrap_or(0);
+            if n > s.sent {
+                s.sent = n;
+                if s.tx.send(Progress::Tokens(n)).is_err() {
+                    gone.push(*id);
+                }
+            } else if s.tx.is_closed() {
+                gone.push(*id);
+            }
+        }
+        for id in gone {
+            core.streams.remove(&id);
+            core.engine.cancel(id);
+        }
+    }
+}
+
+/// A running emulator: its address, and a guard that stops it when dropped.
+#[derive(Debug)]
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The emulator (to read its true state).
+    pub emulator: Emulator,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the server and the engine and waits for them.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+/// Serves `emulator` on `listener` (HTTP) and drives its engine, until the returned guard is
+/// stopped or dropped.
+pub fn spawn(emulator: Emulator, listener: TcpListener) -> std::io::Result<Running> {
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = router(emulator.clone());
+    let driver = emulator.clone();
+    let task = tokio::spawn(async move {
+        let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let mut rx_server = tx.subscribe();
+        let mut rx_driver = tx.subscribe();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = rx_server.recv().await;
+        });
+        let drive = driver.drive(async move {
+            let _ = rx_driver.recv().await;
+        });
+        let server = tokio::spawn(async move { server.await });
+        let drive = tokio::spawn(drive);
+        let _ = stopped.await;
+        let _ = tx.send(());
+        let _ = drive.await;
+        // Open streams keep a graceful shutdown waiting; give them a moment, then stop.
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    });
+    Ok(Running {
+        addr,
+        emulator,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+#[cfg(test)]
+mod tests;
