@@ -11,11 +11,15 @@
 //! - [`prometheus`]: a real Prometheus scraping given targets, and its HTTP query API.
 //! - [`promql`]: the metric names a PromQL expression reads.
 //! - [`contract`]: the metric names of CONTRACTS.md.
+//! - [`fleet`]: emulated engines, agents and pickers in this process, and a gateway's calls.
+//! - [`grafana`]: the queries and variables of dashboards, the rules of rules files.
 //! - [`kube`]: rendering kustomizations and validating manifests (`kubernetes-validate`, CRD schemas,
 //!   `yamllint`).
 
 pub mod child;
 pub mod contract;
+pub mod fleet;
+pub mod grafana;
 pub mod kube;
 pub mod port;
 pub mod prometheus;

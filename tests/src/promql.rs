@@ -96,6 +96,51 @@ pub fn metric_names(expr: &str) -> Result<BTreeSet<String>, String> {
     Ok(names)
 }
 
+/// Splits an alerting expression at its last top-level comparison (`==`, `!=`, `>=`, `<=`, `>`,
+/// `<`, with an optional `bool`): returns the measured operand, the operator and the threshold.
+/// `None` when the expression compares nothing at the top level.
+pub fn split_comparison(expr: &str) -> Option<(&str, &str, &str)> {
+    let bytes = expr.as_bytes();
+    let mut depth = 0i32;
+    let mut last = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            quote @ (b'"' | b'\'' | b'`') => {
+                // Skip to the closing quote; `i += 1` below steps over it.
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    if bytes[i] == b'\\' && quote != b'`' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'(' | b'{' | b'[' => depth += 1,
+            b')' | b'}' | b']' => depth -= 1,
+            b'=' | b'!' | b'>' | b'<' if depth == 0 => {
+                let two = expr.get(i..i + 2).unwrap_or("");
+                let op_len = match two {
+                    "==" | "!=" | ">=" | "<=" => 2,
+                    _ if bytes[i] == b'>' || bytes[i] == b'<' => 1,
+                    _ => 0,
+                };
+                if op_len > 0 {
+                    last = Some((i, op_len));
+                    i += op_len;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let (at, len) = last?;
+    let rest = expr[at + len..].trim_start();
+    let threshold = rest.strip_prefix("bool").map_or(rest, str::trim_start);
+    Some((expr[..at].trim(), &expr[at..at + len], threshold.trim()))
+}
+
 fn is_ident_start(c: char) -> bool {
     c.is_ascii_alphabetic() || c == '_' || c == ':'
 }
@@ -201,6 +246,33 @@ mod tests {
     fn aggregation_clause_after_the_call_is_a_label_list() {
         assert_eq!(names("sum(up) without (instance, job)"), ["up"]);
         assert_eq!(names("max(up) by(job) * 1e3 + 0x1F - 2h30m"), ["up"]);
+    }
+
+    #[test]
+    fn splits_alert_expressions_at_the_top_level_comparison() {
+        let expr = "sum by (model) (rate(x{outcome!=\"shed\"}[5m])) / sum(rate(x[5m])) > 0.05";
+        assert_eq!(
+            split_comparison(expr),
+            Some((
+                "sum by (model) (rate(x{outcome!=\"shed\"}[5m])) / sum(rate(x[5m]))",
+                ">",
+                "0.05"
+            ))
+        );
+        let nested = "(sum(a) * on (e) group_left () (max(b) < bool 1) or sum(a) * 0) == 0";
+        assert_eq!(
+            split_comparison(nested),
+            Some((
+                "(sum(a) * on (e) group_left () (max(b) < bool 1) or sum(a) * 0)",
+                "==",
+                "0"
+            ))
+        );
+        assert_eq!(
+            split_comparison("min(x) >= bool 1"),
+            Some(("min(x)", ">=", "1"))
+        );
+        assert_eq!(split_comparison("rate(x{a=\"<\"}[5m])"), None);
     }
 
     #[test]
