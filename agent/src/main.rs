@@ -1,5 +1,6 @@
 //! `inferpick-agent`: parse flags, set up logging, run until SIGTERM or Ctrl-C.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
