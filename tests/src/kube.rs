@@ -11,22 +11,25 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::tool::{self, KUBECTL, KUSTOMIZE};
+use crate::tool::{KUBECTL, KUSTOMIZE};
 
 /// The Kubernetes version manifests are validated against.
 pub const KUBERNETES_VERSION: &str = "1.30";
 
-/// A kustomize implementation: a standalone `kustomize` binary or `kubectl kustomize`.
+/// A kustomize implementation: a standalone `kustomize` binary, `kubectl kustomize`, or the
+/// built-in renderer of [`crate::kustomize`] for the subset `deploy/` uses.
 #[derive(Debug, Clone)]
 pub enum Kustomize {
     /// `kustomize build DIR`.
     Standalone(PathBuf),
     /// `kubectl kustomize DIR`.
     Kubectl(PathBuf),
+    /// [`crate::kustomize::build`].
+    Builtin,
 }
 
 impl Kustomize {
-    /// The first of `kustomize` and `kubectl` that is installed.
+    /// The first of `kustomize` and `kubectl` that is installed (never the built-in renderer).
     pub fn find() -> Result<Option<Self>, String> {
         if let Some(path) = KUSTOMIZE.find()? {
             return Ok(Some(Self::Standalone(path)));
@@ -34,15 +37,18 @@ impl Kustomize {
         Ok(KUBECTL.find()?.map(Self::Kubectl))
     }
 
-    /// [`Kustomize::find`], or skip `test` (fail it under `INFERPICK_REQUIRE_E2E=1`).
-    pub fn or_skip(test: &str) -> Option<Self> {
+    /// A real kustomize when one is installed, else the built-in renderer (said once on stderr).
+    pub fn real_or_builtin() -> Self {
         match Self::find() {
-            Ok(Some(found)) => Some(found),
+            Ok(Some(real)) => real,
             Ok(None) => {
-                tool::skip(test, "neither kustomize nor kubectl found", KUBECTL.install);
-                None
+                eprintln!(
+                    "NOTE: neither kustomize nor kubectl found; rendering with the built-in renderer. Install: {}",
+                    KUBECTL.install
+                );
+                Self::Builtin
             }
-            Err(message) => panic!("{test}: {message}"),
+            Err(message) => panic!("{message}"),
         }
     }
 
@@ -59,6 +65,15 @@ impl Kustomize {
                 c.arg("kustomize");
                 c
             }
+            Self::Builtin => {
+                let resources = crate::kustomize::build(dir).map_err(anyhow::Error::msg)?;
+                let mut yaml = String::new();
+                for resource in &resources {
+                    yaml.push_str("---\n");
+                    yaml.push_str(&serde_norway::to_string(resource)?);
+                }
+                return Ok(yaml);
+            }
         };
         let output = command
             .arg(dir)
@@ -73,6 +88,12 @@ impl Kustomize {
             );
         }
         String::from_utf8(output.stdout).context("kustomize output is not UTF-8")
+    }
+
+    /// Renders and parses the kustomization in `dir`.
+    pub fn resources(&self, dir: &Path) -> anyhow::Result<Vec<Value>> {
+        parse_documents(&self.render(dir)?)
+            .with_context(|| format!("rendering of {}", dir.display()))
     }
 }
 

@@ -15,12 +15,15 @@
 //! - [`grafana`]: the queries and variables of dashboards, the rules of rules files.
 //! - [`kube`]: rendering kustomizations and validating manifests (`kubernetes-validate`, CRD schemas,
 //!   `yamllint`).
+//! - [`kustomize`]: a strict renderer for the kustomize subset `deploy/` uses, where no kustomize is
+//!   installed.
 
 pub mod child;
 pub mod contract;
 pub mod fleet;
 pub mod grafana;
 pub mod kube;
+pub mod kustomize;
 pub mod port;
 pub mod prometheus;
 pub mod promql;
