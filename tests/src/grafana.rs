@@ -133,10 +133,10 @@ impl Dashboard {
     }
 }
 
-/// Substitutes what Grafana substitutes before a query reaches Prometheus: every `$var` and
-/// `${var}` / `${var:format}` with `value` (`.*` selects all, like "All"), and the interval
-/// variables with `interval` (a PromQL duration such as `30s`).
-pub fn expand(expr: &str, value: &str, interval: &str) -> String {
+/// Substitutes what Grafana substitutes before a query reaches Prometheus: every `$var`,
+/// `${var}` and `${var:format}` with its value in `values`, or `.*` (what "All" selects) when it
+/// has none there, and the interval variables with `interval` (a PromQL duration such as `30s`).
+pub fn expand(expr: &str, values: &[(&str, &str)], interval: &str) -> String {
     let mut out = String::with_capacity(expr.len());
     let mut rest = expr;
     while let Some(at) = rest.find('$') {
@@ -155,7 +155,12 @@ pub fn expand(expr: &str, value: &str, interval: &str) -> String {
         match name {
             "__rate_interval" | "__interval" | "__range" => out.push_str(interval),
             "" => out.push('$'),
-            _ => out.push_str(value),
+            _ => out.push_str(
+                values
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(".*", |(_, v)| v),
+            ),
         }
         rest = &after[consumed.min(after.len())..];
     }
@@ -254,11 +259,19 @@ mod tests {
     fn expands_grafana_variables() {
         let expr = r#"sum by (model) (rate(x{model=~"$model", endpoint=~"${endpoint:regex}"}[$__rate_interval]))"#;
         assert_eq!(
-            expand(expr, ".*", "30s"),
+            expand(expr, &[], "30s"),
             r#"sum by (model) (rate(x{model=~".*", endpoint=~".*"}[30s]))"#
         );
-        assert_eq!(expand("up", ".*", "1m"), "up");
-        assert_eq!(expand("a $ b", "X", "1m"), "a $ b");
+        assert_eq!(
+            expand(
+                r#"x{model=~"$model", endpoint=~"$endpoint"}"#,
+                &[("model", "qwen")],
+                "1m"
+            ),
+            r#"x{model=~"qwen", endpoint=~".*"}"#
+        );
+        assert_eq!(expand("up", &[], "1m"), "up");
+        assert_eq!(expand("a $ b", &[], "1m"), "a $ b");
     }
 
     #[test]

@@ -365,7 +365,7 @@ fn live_checks() -> Vec<Check> {
         for query in &dashboard.queries {
             checks.push(Check {
                 what: format!("{} / {} / {}", dashboard.title, query.panel, query.ref_id),
-                promql: grafana::expand(&query.expr, ".*", RATE_INTERVAL),
+                promql: grafana::expand(&query.expr, &[], RATE_INTERVAL),
                 labels: Vec::new(),
                 values_of: None,
             });
@@ -374,7 +374,7 @@ fn live_checks() -> Vec<Check> {
             let (query, label) = grafana::label_values_query(&variable.query).unwrap();
             checks.push(Check {
                 what: format!("{} / variable {}", dashboard.title, variable.name),
-                promql: grafana::expand(&query, ".*", RATE_INTERVAL),
+                promql: grafana::expand(&query, &[], RATE_INTERVAL),
                 labels: Vec::new(),
                 values_of: Some(label),
             });
@@ -570,6 +570,11 @@ async fn every_dashboard_and_alert_query_returns_data_from_a_live_fleet() {
     )
     .await;
 
+    let filtered = if result.is_ok() {
+        variables_filter(&prometheus, &fleet).await
+    } else {
+        Ok(())
+    };
     stop.store(true, Ordering::Relaxed);
     let mut outcomes = std::collections::BTreeMap::<String, u64>::new();
     for worker in workers {
@@ -583,6 +588,9 @@ async fn every_dashboard_and_alert_query_returns_data_from_a_live_fleet() {
     );
     if let Err(e) = result {
         panic!("{e}\n--- Prometheus log ---\n{}", prometheus.log());
+    }
+    if let Err(e) = filtered {
+        panic!("{e}");
     }
     assert!(
         outcomes.keys().all(|o| !o.starts_with("error")),
@@ -603,5 +611,67 @@ async fn every_dashboard_and_alert_query_returns_data_from_a_live_fleet() {
     assert_eq!(rules.len(), alert_rules().len());
     for rule in &rules {
         assert_eq!(rule.health, "ok", "{}: {}", rule.name, rule.last_error);
+    }
+}
+
+/// Choosing a model or an endpoint in the dashboards' variables narrows every panel to it: with
+/// model = qwen (one SGLang pod) no panel shows another model or another endpoint; with one llama
+/// endpoint chosen, no panel shows another endpoint.
+async fn variables_filter(prometheus: &Prometheus, fleet: &Fleet) -> Result<(), String> {
+    let qwen = fleet.engines[2].addr.to_string();
+    let llama = fleet.engines[0].addr.to_string();
+    let mut problems = Vec::new();
+    for dashboard in dashboards() {
+        let endpoint_variable = &dashboard.variables[2];
+        let (query, label) = grafana::label_values_query(&endpoint_variable.query).unwrap();
+        let query = grafana::expand(&query, &[("model", "qwen")], RATE_INTERVAL);
+        let values: BTreeSet<String> = prometheus
+            .query(&query)
+            .await
+            .map_err(|e| format!("{e:#}"))?
+            .into_iter()
+            .filter_map(|s| s.labels.get(&label).cloned())
+            .collect();
+        if values != BTreeSet::from([qwen.clone()]) {
+            problems.push(format!(
+                "{}: with model qwen the endpoint list is {values:?}",
+                dashboard.title
+            ));
+        }
+        for query in &dashboard.queries {
+            let what = format!("{} / {} / {}", dashboard.title, query.panel, query.ref_id);
+            let by_model = grafana::expand(&query.expr, &[("model", "qwen")], RATE_INTERVAL);
+            for sample in prometheus
+                .query(&by_model)
+                .await
+                .map_err(|e| format!("{what}: {e:#}"))?
+            {
+                let model = sample.labels.get("model");
+                let endpoint = sample.labels.get("endpoint");
+                if model.is_some_and(|m| m != "qwen") || endpoint.is_some_and(|e| *e != qwen) {
+                    problems.push(format!("{what}: model qwen shows {:?}", sample.labels));
+                }
+            }
+            let by_endpoint = grafana::expand(&query.expr, &[("endpoint", &llama)], RATE_INTERVAL);
+            for sample in prometheus
+                .query(&by_endpoint)
+                .await
+                .map_err(|e| format!("{what}: {e:#}"))?
+            {
+                if query.expr.contains("$endpoint")
+                    && sample.labels.get("endpoint").is_some_and(|e| *e != llama)
+                {
+                    problems.push(format!(
+                        "{what}: endpoint {llama} shows {:?}",
+                        sample.labels
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
     }
 }
