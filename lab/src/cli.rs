@@ -11,6 +11,7 @@ use inferpick_schema::EngineKind;
 
 use crate::emulate::{self, Emulator, EmulatorConfig};
 use crate::engine::EngineConfig;
+use crate::load::{self, LoadConfig};
 use crate::sim::{self, SimConfig, SimPolicy, capacity};
 use crate::workload::Workload;
 
@@ -31,6 +32,34 @@ pub enum Command {
     Sim(SimArgs),
     /// One emulated model server: OpenAI API and `/metrics` in the chosen engine's dialect.
     Emulate(EmulateArgs),
+    /// Open-loop load generator: streams completions and measures TTFT, latency and errors.
+    Load(LoadArgs),
+}
+
+/// `load`: flags.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Base URL of an OpenAI-compatible server or gateway; requests go to `<url>/v1/completions`.
+    #[arg(long, env = "INFERPICK_URL")]
+    pub url: String,
+    /// Built-in workload or a YAML workload file (its classes set prompt and output lengths).
+    #[arg(long, env = "INFERPICK_WORKLOAD", default_value = "chat")]
+    pub workload: String,
+    /// Requests per second, in all.
+    #[arg(long, env = "INFERPICK_RATE", value_parser = parse_load)]
+    pub rate: f64,
+    /// How long to send requests.
+    #[arg(long, env = "INFERPICK_DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Model name for base-model requests [default: the first model of `<url>/v1/models`].
+    #[arg(long, env = "INFERPICK_MODEL")]
+    pub model: Option<String>,
+    /// Seed of arrivals and lengths.
+    #[arg(long, env = "INFERPICK_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Also write the results as JSON to this file.
+    #[arg(long, env = "INFERPICK_JSON")]
+    pub json: Option<PathBuf>,
 }
 
 /// `emulate`: flags.
@@ -115,6 +144,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sim(args) => sim_command(args),
         Command::Emulate(args) => runtime()?.block_on(emulate_command(args)),
+        Command::Load(args) => runtime()?.block_on(load_command(args)),
     }
 }
 
@@ -216,6 +246,49 @@ fn sim_command(args: SimArgs) -> anyhow::Result<()> {
     print!("{}", report.table(&heading));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The first model a server lists at `/v1/models`.
+pub async fn first_model(url: &str) -> anyhow::Result<String> {
+    let base = url.trim_end_matches('/');
+    let base = base
+        .strip_suffix("/v1/completions")
+        .or_else(|| base.strip_suffix("/v1/chat/completions"))
+        .unwrap_or(base);
+    let v: serde_json::Value = reqwest::get(format!("{base}/v1/models"))
+        .await
+        .with_context(|| format!("GET {base}/v1/models"))?
+        .json()
+        .await
+        .with_context(|| format!("GET {base}/v1/models: not JSON"))?;
+    v["data"][0]["id"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("GET {base}/v1/models lists no model; pass --model"))
+}
+
+async fn load_command(args: LoadArgs) -> anyhow::Result<()> {
+    let workload = Workload::load(&args.workload)?;
+    let model = match args.model {
+        Some(m) => m,
+        None => first_model(&args.url).await?,
+    };
+    let result = load::run(LoadConfig {
+        url: args.url,
+        workload,
+        rate: args.rate,
+        duration: args.duration,
+        seed: args.seed,
+        model,
+        timeout: Duration::from_secs(600),
+    })
+    .await;
+    println!("{}", result.summary());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&result)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

@@ -4,10 +4,12 @@
 //! - [`cli`]: the command line (subcommands and flags of CONTRACTS.md).
 //! - [`emulate`]: one emulated model server (OpenAI API, `/metrics` in seven dialects), real time.
 //! - [`engine`]: the model-server model (continuous batching, paged KV, prefix cache, LoRA slots).
+//! - [`load`]: the open-loop load generator (streams, TTFT from the first token, errors by status).
 //! - [`sim`]: the discrete-event simulator with the picker's real scheduler, the oracle, capacity.
 //! - [`workload`]: built-in and YAML workloads, and the deterministic request generator.
 pub mod cli;
 pub mod emulate;
 pub mod engine;
+pub mod load;
 pub mod sim;
 pub mod workload;

@@ -314,6 +314,8 @@ pub struct Engine {
     waiting: VecDeque<usize>,
     /// Running sequences in admission order (the last is preempted first).
     running: Vec<usize>,
+    /// The running sequences still prefilling, in admission order (a subset of `running`).
+    prefilling: Vec<usize>,
     decoding: u32,
     /// Decoding sequences by `(kv tokens − step) mod block size`: those needing a block at a step.
     residue: Vec<u32>,
@@ -345,6 +347,7 @@ impl Engine {
             by_id: HashMap::new(),
             waiting: VecDeque::new(),
             running: Vec::new(),
+            prefilling: Vec::new(),
             decoding: 0,
             residue,
             finishes: BinaryHeap::new(),
@@ -462,17 +465,15 @@ impl Engine {
         let mut budget = self.config.max_batched_tokens.saturating_sub(self.decoding);
         let mut chunks = Vec::new();
         let mut prefill: u64 = 0;
-        for &slot in &self.running {
+        for &slot in &self.prefilling {
             if budget == 0 {
                 break;
             }
-            let seq = self.seqs[slot].as_ref().expect("running slot");
-            if seq.phase == Phase::Prefill {
-                let chunk = (seq.target - seq.computed).min(budget);
-                budget -= chunk;
-                prefill += u64::from(chunk);
-                chunks.push((slot, chunk));
-            }
+            let seq = self.seqs[slot].as_ref().expect("prefilling slot");
+            let chunk = (seq.target - seq.computed).min(budget);
+            budget -= chunk;
+            prefill += u64::from(chunk);
+            chunks.push((slot, chunk));
         }
         let loads = self.admit(&mut budget, &mut chunks, &mut prefill);
         if chunks.is_empty() && self.decoding == 0 {
@@ -518,6 +519,7 @@ impl Engine {
             if seq.computed < seq.target {
                 continue;
             }
+            remove_item(&mut self.prefilling, slot);
             seq.generated += 1;
             self.counters.generation_tokens += 1;
             if !seq.first_sent {
@@ -727,6 +729,7 @@ impl Engine {
         if phase == Phase::Prefill {
             let left = u64::from(target - computed);
             self.queued_prefill -= left.min(self.queued_prefill);
+            remove_item(&mut self.prefilling, slot);
         }
         if let Phase::Decode { start_step, .. } = phase {
             self.decoding -= 1;
@@ -737,9 +740,7 @@ impl Engine {
         if let Some(a) = adapter {
             self.loras.stop(a);
         }
-        if let Some(pos) = self.running.iter().position(|&s| s == slot) {
-            self.running.remove(pos);
-        }
+        remove_item(&mut self.running, slot);
     }
 
     fn finish(&mut self, slot: usize, out: &mut Vec<EngineEvent>) {
@@ -830,6 +831,7 @@ impl Engine {
                 self.seq_mut(slot).cached = cached;
             }
             self.running.push(slot);
+            self.prefilling.push(slot);
             let seq = self.seq(slot);
             let chunk = (seq.target - seq.computed).min(*budget);
             *budget -= chunk;
@@ -837,6 +839,13 @@ impl Engine {
             chunks.push((slot, chunk));
         }
         loads
+    }
+}
+
+/// Removes `item` from `v`, keeping the order of the rest.
+fn remove_item(v: &mut Vec<usize>, item: usize) {
+    if let Some(pos) = v.iter().rposition(|&x| x == item) {
+        v.remove(pos);
     }
 }
 
