@@ -121,8 +121,21 @@ pub struct Endpoint {
     /// Highest prompt throughput seen recently (decays slowly): an idle engine reports a low rate,
     /// so its last rate says little about what it can do.
     pub peak_prompt_tokens_per_second: Option<f64>,
+    /// The report's load signals the scheduler reads for every endpoint, copied here so a pick
+    /// over thousands of endpoints does not chase a pointer to each report.
+    pub(crate) signals: Signals,
     model_hashes: Box<[u64]>,
     pub(crate) live: Arc<Live>,
+}
+
+/// Hot copies of report fields (absent counts read as zero, as every profile treats them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Signals {
+    pub(crate) ready: bool,
+    pub(crate) waiting: u64,
+    pub(crate) running: u64,
+    pub(crate) kv: Option<f64>,
+    pub(crate) kv_capacity_tokens: Option<u64>,
 }
 
 /// How much of the previous peak survives each report (0.999 per 100 ms halves it in about 70 s).
@@ -147,11 +160,20 @@ impl Endpoint {
             (o, p) => o.or(p.map(|p| p * PEAK_DECAY)),
         };
         let model_hashes = report.models.iter().map(|m| name_hash(&m.name)).collect();
+        let load = &report.load;
+        let signals = Signals {
+            ready: report.engine.ready,
+            waiting: load.requests_waiting.unwrap_or(0).into(),
+            running: load.requests_running.unwrap_or(0).into(),
+            kv: load.kv_cache_utilization,
+            kv_capacity_tokens: load.kv_cache_capacity_tokens,
+        };
         Self {
             address: report.endpoint.address.as_str().into(),
             report: Arc::new(report),
             arrived_at,
             peak_prompt_tokens_per_second: peak,
+            signals,
             model_hashes,
             live,
         }
@@ -166,7 +188,7 @@ impl Endpoint {
     pub fn state(&self, now: Duration, max_report_age: Duration) -> EndpointState {
         if self.age(now) > max_report_age {
             EndpointState::Stale
-        } else if !self.report.engine.ready {
+        } else if !self.signals.ready {
             EndpointState::NotReady
         } else {
             EndpointState::Ready

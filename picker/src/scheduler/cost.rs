@@ -71,7 +71,7 @@ impl Default for CostModel {
 /// KV utilization counting the prompt tokens routed since the report (when capacity is known).
 fn kv_estimate(c: &Candidate<'_>, extra_tokens: u64) -> Option<f64> {
     let kv = c.kv?;
-    let added = match c.endpoint.report.load.kv_cache_capacity_tokens {
+    let added = match c.endpoint.signals.kv_capacity_tokens {
         Some(cap) if cap > 0 => (c.inflight_tokens + extra_tokens) as f64 / cap as f64,
         _ => 0.0,
     };

@@ -469,7 +469,7 @@ impl Scheduler {
                 }
                 continue;
             }
-            let load = &endpoint.report.load;
+            let sig = endpoint.signals;
             let inflight = endpoint.inflight();
             let id = endpoint.live.id;
             let lookup = |m: &[(u32, u32)]| {
@@ -479,11 +479,11 @@ impl Scheduler {
             };
             cands.push(Candidate {
                 endpoint,
-                waiting: load.requests_waiting.unwrap_or(0).into(),
-                running: load.requests_running.unwrap_or(0).into(),
+                waiting: sig.waiting,
+                running: sig.running,
                 inflight_requests: inflight.requests,
                 inflight_tokens: inflight.prompt_tokens,
-                kv: load.kv_cache_utilization,
+                kv: sig.kv,
                 cached_blocks: lookup(&matches.0),
                 session_hit: lookup(&matches.1) > 0,
                 adapter: AdapterState::of(endpoint, &ask.model, entry.adapter_of.is_some()),
@@ -754,22 +754,24 @@ impl Scheduler {
     }
 }
 
-/// `first`, then the `n - 1` lowest-cost others, best first.
+/// `first`, then the `n - 1` lowest-cost others, best first. One pass keeping a short sorted list:
+/// `n` is small (fallbacks + 1), the pool may be large.
 fn best_rest(cands: &[Candidate<'_>], first: usize, n: usize) -> Vec<usize> {
-    let mut out = Vec::with_capacity(n);
-    out.push(first);
-    if n > 1 {
-        let mut rest: Vec<usize> = (0..cands.len()).filter(|&i| i != first).collect();
-        let k = (n - 1).min(rest.len());
-        let by_cost = |a: &usize, b: &usize| cands[*a].cost.total_cmp(&cands[*b].cost);
-        if k < rest.len() {
-            rest.select_nth_unstable_by(k, by_cost);
+    let k = n.saturating_sub(1);
+    let mut rest: Vec<(f64, usize)> = Vec::with_capacity(k + 1);
+    if k > 0 {
+        for (i, c) in cands.iter().enumerate() {
+            if i == first || (rest.len() == k && c.cost >= rest[k - 1].0) {
+                continue;
+            }
+            let at = rest.partition_point(|&(cost, _)| cost <= c.cost);
+            rest.insert(at, (c.cost, i));
+            rest.truncate(k);
         }
-        rest.truncate(k);
-        rest.sort_by(by_cost);
-        out.extend(rest);
     }
-    out
+    std::iter::once(first)
+        .chain(rest.into_iter().map(|(_, i)| i))
+        .collect()
 }
 
 /// The one base model of the table, when the request names none.

@@ -1,0 +1,260 @@
+//! HTTP benchmark on loopback with keep-alive: `POST /v1/pick` against `GET /healthz` on the same
+//! in-process server, then report ingestion (`POST /v1/reports`, batched arrays) while picks run.
+//!
+//! The load loop is a minimal HTTP/1.1 client over raw sockets, so the client's own cost stays small
+//! next to the server's. Run with `cargo bench -p inferpick-picker --bench http`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use inferpick_picker::{AppState, Settings, serve};
+use inferpick_schema::{
+    AgentInfo, EndpointInfo, EngineKind, EngineStatus, Load, LoadReport, ModelEntry,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+const ENDPOINTS: usize = 1_000;
+const BATCH: usize = 100;
+const CONNECTIONS: usize = 32;
+const RUN: Duration = Duration::from_secs(3);
+
+fn report(i: usize, seq: u64) -> LoadReport {
+    LoadReport {
+        schema_version: 1,
+        agent: AgentInfo {
+            id: format!("agent-{i}"),
+            version: "0.1.0".into(),
+            started_at_ms: 1,
+        },
+        seq,
+        sent_at_ms: 1,
+        interval_ms: 100,
+        endpoint: EndpointInfo {
+            address: format!("10.0.{}.{}:8000", i / 256, i % 256),
+            pod: Some(format!("vllm-{i}")),
+            namespace: Some("llm".into()),
+            node: Some("node-1".into()),
+        },
+        engine: EngineStatus {
+            kind: EngineKind::Vllm,
+            ready: true,
+            error: None,
+            scrape_ms: Some(2.0),
+        },
+        models: vec![ModelEntry {
+            name: MODEL.into(),
+            adapter_of: None,
+        }],
+        load: Load {
+            requests_waiting: Some((i % 5) as u32),
+            requests_running: Some((i % 17) as u32),
+            kv_cache_utilization: Some((i % 10) as f64 / 13.0),
+            kv_cache_capacity_tokens: Some(245_760),
+            kv_block_size_tokens: Some(16),
+            prefix_cache_hit_ratio: Some(0.4),
+            prompt_tokens_per_second: Some(10_000.0),
+            generation_tokens_per_second: Some(1_800.0),
+            adapters: None,
+        },
+        gpus: vec![],
+    }
+}
+
+fn request(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// Reads one response off `stream`; returns its status.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> u16 {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).unwrap();
+            let status: u16 = head[9..12].parse().unwrap();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            let total = end + 4 + length;
+            while buf.len() < total {
+                assert!(stream.read_buf(buf).await.unwrap() > 0, "server closed");
+            }
+            buf.drain(..total);
+            return status;
+        }
+        assert!(stream.read_buf(buf).await.unwrap() > 0, "server closed");
+    }
+}
+
+/// What one connection sends: the same request over and over, or report batches cycled with their
+/// `seq` fields rewritten in place each round (so every push is newer than the last and applied).
+#[derive(Debug)]
+enum Script {
+    Repeat(Vec<u8>),
+    RisingSeq(Vec<Vec<u8>>),
+}
+
+/// Reports are serialized with this 10-digit seq so a round number can overwrite it in place.
+const SEQ_BASE: u64 = 1_000_000_000;
+
+impl Script {
+    /// The `i`-th request, written into `out`.
+    fn write_nth(&self, i: usize, out: &mut Vec<u8>) {
+        out.clear();
+        match self {
+            Script::Repeat(r) => out.extend_from_slice(r),
+            Script::RisingSeq(templates) => {
+                out.extend_from_slice(&templates[i % templates.len()]);
+                let seq = (SEQ_BASE + (i / templates.len()) as u64 + 1).to_string();
+                let marker = format!("\"seq\":{SEQ_BASE}");
+                let mut from = 0;
+                while let Some(pos) = find(&out[from..], marker.as_bytes()) {
+                    let digits = from + pos + 6;
+                    out[digits..digits + seq.len()].copy_from_slice(seq.as_bytes());
+                    from = digits + seq.len();
+                }
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `connections` connections, each running one of `scripts` (cycling).
+type Group = (usize, Vec<Arc<Script>>);
+
+/// Runs `script` on one keep-alive connection until `stop`; counts 2xx answers.
+async fn connection(
+    addr: SocketAddr,
+    script: Arc<Script>,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut buf = Vec::with_capacity(64 << 10);
+    let mut req = Vec::new();
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        script.write_nth(i, &mut req);
+        stream.write_all(&req).await.unwrap();
+        let status = read_response(&mut stream, &mut buf).await;
+        assert!((200..300).contains(&status), "status {status}");
+        done.fetch_add(1, Ordering::Relaxed);
+        i += 1;
+    }
+}
+
+/// Requests per second over `RUN` for each group.
+async fn load(addr: SocketAddr, groups: Vec<Group>) -> Vec<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters: Vec<Arc<AtomicU64>> =
+        groups.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let mut tasks = Vec::new();
+    for ((conns, reqs), counter) in groups.into_iter().zip(&counters) {
+        for c in 0..conns {
+            tasks.push(tokio::spawn(connection(
+                addr,
+                reqs[c % reqs.len()].clone(),
+                stop.clone(),
+                counter.clone(),
+            )));
+        }
+    }
+    let start = Instant::now();
+    tokio::time::sleep(RUN).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    let counts: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    counts.into_iter().map(|n| n as f64 / elapsed).collect()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let settings = Settings { grpc_listen: None, ..Settings::default() };
+        let state = AppState::new(settings).unwrap();
+        state.table().ingest_batch((0..ENDPOINTS).map(|i| report(i, 1)).collect(), state.now()).unwrap();
+        // Fresh reports every 500 ms keep the table within the 1 s staleness bound, as agents would.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(state.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        let refresher = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut seq = 2;
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tick.tick().await;
+                    let _ = state.table().ingest_batch((0..ENDPOINTS).map(|i| report(i, seq)).collect(), state.now());
+                    seq += 1;
+                }
+            })
+        };
+
+        let health = Arc::new(Script::Repeat(request("GET", "/healthz", b"")));
+        let pick_body = format!(
+            r#"{{"model":"{MODEL}","prompt":"{}what is the capital of France?","max_tokens":128}}"#,
+            "You are a helpful assistant. ".repeat(20)
+        );
+        let pick = Arc::new(Script::Repeat(request("POST", "/v1/pick", pick_body.as_bytes())));
+
+        println!("HTTP on loopback, keep-alive, {CONNECTIONS} connections, {ENDPOINTS} endpoints, {}s per run", RUN.as_secs());
+        let h1 = load(addr, vec![(CONNECTIONS, vec![health.clone()])]).await[0];
+        let p = load(addr, vec![(CONNECTIONS, vec![pick.clone()])]).await[0];
+        let h2 = load(addr, vec![(CONNECTIONS, vec![health.clone()])]).await[0];
+        let h = (h1 + h2) / 2.0;
+        println!("GET /healthz   {h:>10.0} req/s  (runs: {h1:.0}, {h2:.0})");
+        println!("POST /v1/pick  {p:>10.0} req/s  = {:.0}% of /healthz (target >= 70%)", 100.0 * p / h);
+        refresher.abort();
+
+        // Ingest while serving picks: 4 connections push arrays of BATCH reports with rising seq.
+        let pushers = 4;
+        let per_pusher = ENDPOINTS / pushers;
+        let batches: Vec<Arc<Script>> = (0..pushers)
+            .map(|p| {
+                let ids: Vec<usize> = (p * per_pusher..(p + 1) * per_pusher).collect();
+                let templates = ids
+                    .chunks(BATCH)
+                    .map(|chunk| {
+                        let reports: Vec<LoadReport> = chunk.iter().map(|&i| report(i, SEQ_BASE)).collect();
+                        request("POST", "/v1/reports", &serde_json::to_vec(&reports).unwrap())
+                    })
+                    .collect();
+                Arc::new(Script::RisingSeq(templates))
+            })
+            .collect();
+        let rates = load(addr, vec![(pushers, batches), (CONNECTIONS - pushers, vec![pick])]).await;
+        println!(
+            "ingest while picking: {:>10.0} reports/s ({BATCH} per request; target >= 50,000) with {:.0} picks/s",
+            rates[0] * BATCH as f64,
+            rates[1]
+        );
+        let _ = tx.send(());
+        server.await.unwrap().unwrap();
+    });
+}

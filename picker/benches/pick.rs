@@ -1,0 +1,147 @@
+//! `Scheduler::pick` at 10, 100, 1,000 and 10,000 endpoints for every profile, against round-robin
+//! on the same table. Criterion measures the means; a second pass times single picks to print the
+//! median and p99 that TESTING.md's targets are written in.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion};
+use inferpick_picker::scheduler::{Policy, Scheduler, SchedulerConfig};
+use inferpick_picker::table::{Table, TableConfig};
+use inferpick_schema::{
+    AgentInfo, EndpointInfo, EngineKind, EngineStatus, Load, LoadReport, ModelEntry, PickRequest,
+};
+
+const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+const SIZES: [usize; 4] = [10, 100, 1_000, 10_000];
+const NOW: Duration = Duration::from_secs(10);
+
+fn report(i: usize) -> LoadReport {
+    LoadReport {
+        schema_version: 1,
+        agent: AgentInfo {
+            id: format!("agent-{i}"),
+            version: "0.1.0".into(),
+            started_at_ms: 1,
+        },
+        seq: 1,
+        sent_at_ms: 1,
+        interval_ms: 100,
+        endpoint: EndpointInfo {
+            address: format!("10.{}.{}.{}:8000", i / 65536, (i / 256) % 256, i % 256),
+            pod: Some(format!("vllm-{i}")),
+            namespace: Some("llm".into()),
+            node: None,
+        },
+        engine: EngineStatus {
+            kind: EngineKind::Vllm,
+            ready: true,
+            error: None,
+            scrape_ms: Some(2.0),
+        },
+        models: vec![ModelEntry {
+            name: MODEL.into(),
+            adapter_of: None,
+        }],
+        load: Load {
+            requests_waiting: Some((i % 7) as u32),
+            requests_running: Some((i % 31) as u32),
+            kv_cache_utilization: Some((i % 10) as f64 / 12.0),
+            kv_cache_capacity_tokens: Some(245_760),
+            kv_block_size_tokens: Some(16),
+            prompt_tokens_per_second: Some(9_000.0 + (i % 5) as f64 * 1_000.0),
+            ..Load::default()
+        },
+        gpus: vec![],
+    }
+}
+
+fn table(n: usize) -> Table {
+    let t = Table::new(TableConfig::default());
+    t.ingest_batch((0..n).map(report).collect(), NOW).unwrap();
+    t
+}
+
+/// A chat-like request: a shared system prompt (16 blocks) and a short user part.
+fn request(i: usize) -> PickRequest {
+    PickRequest {
+        model: Some(MODEL.into()),
+        prompt: Some(format!(
+            "{}user question number {i}",
+            "You are a helpful assistant. ".repeat(36)
+        )),
+        max_tokens: Some(256),
+        ..PickRequest::default()
+    }
+}
+
+fn criterion_benches(c: &mut Criterion) {
+    for n in SIZES {
+        let mut group = c.benchmark_group(format!("pick/{n}"));
+        group
+            .sample_size(20)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+        for policy in Policy::ALL {
+            let t = table(n);
+            let s = Scheduler::new(policy, SchedulerConfig::default());
+            let reqs: Vec<PickRequest> = (0..64).map(request).collect();
+            let mut i = 0;
+            group.bench_function(BenchmarkId::from_parameter(policy.as_str()), |b| {
+                b.iter(|| {
+                    i = (i + 1) % reqs.len();
+                    black_box(s.pick(&t, &reqs[i], NOW).unwrap())
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+/// Median and p99 of single picks, in µs.
+fn percentiles(policy: Policy, n: usize, picks: usize) -> (f64, f64) {
+    let t = table(n);
+    let s = Scheduler::new(policy, SchedulerConfig::default());
+    let reqs: Vec<PickRequest> = (0..64).map(request).collect();
+    for i in 0..picks / 10 {
+        black_box(s.pick(&t, &reqs[i % 64], NOW).unwrap());
+    }
+    let mut times: Vec<f64> = (0..picks)
+        .map(|i| {
+            let start = Instant::now();
+            black_box(s.pick(&t, &reqs[i % 64], NOW).unwrap());
+            start.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    (times[times.len() / 2], times[times.len() * 99 / 100])
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    criterion_benches(&mut c);
+    c.final_summary();
+
+    println!("\nsingle-pick latency (µs), ratio to round-robin on the same table");
+    println!(
+        "{:>7} {:>14} {:>9} {:>9} {:>10} {:>10}",
+        "table", "policy", "p50", "p99", "p50/rr", "p99/rr"
+    );
+    for n in SIZES {
+        let picks = if n >= 10_000 { 3_000 } else { 20_000 };
+        let rr = percentiles(Policy::RoundRobin, n, picks);
+        for policy in Policy::ALL {
+            let (p50, p99) = if policy == Policy::RoundRobin {
+                rr
+            } else {
+                percentiles(policy, n, picks)
+            };
+            println!(
+                "{n:>7} {:>14} {p50:>9.2} {p99:>9.2} {:>10.2} {:>10.2}",
+                policy.as_str(),
+                p50 / rr.0,
+                p99 / rr.1
+            );
+        }
+    }
+}
