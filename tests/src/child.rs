@@ -92,30 +92,34 @@ impl ChildGuard {
     }
 
     fn terminate(&mut self) -> std::io::Result<ExitStatus> {
+        let pid = self.child.id();
         if let Some(status) = self.child.try_wait()? {
-            // The leader is gone; workers it left in the group still get the signal.
-            signal_group(self.child.id(), "KILL");
+            // Already reaped: its pid (the group's id) may belong to someone else now.
             return Ok(status);
         }
-        signal_group(self.child.id(), "TERM");
-        let exited = crate::wait_until(GRACE, &format!("{} to exit", self.name), || {
-            match self.child.try_wait() {
-                Ok(Some(status)) => Ok(status),
-                Ok(None) => Err("still running".to_owned()),
-                Err(e) => Err(e.to_string()),
+        signal_group(pid, "TERM");
+        // Until the leader is reaped its pid stays reserved, so the group can still be signalled.
+        let _ = crate::wait_until(GRACE, &format!("{} to exit", self.name), || {
+            if exited_unreaped(pid) {
+                Ok(())
+            } else {
+                Err("still running")
             }
         });
-        let status = match exited {
-            Ok(status) => status,
-            Err(_) => {
-                signal_group(self.child.id(), "KILL");
-                // The leader may have been missed if the group signal failed; kill it directly.
-                let _ = self.child.kill();
-                self.child.wait()?
-            }
-        };
-        signal_group(self.child.id(), "KILL");
-        Ok(status)
+        // Whatever ignored SIGTERM (a hung leader, workers) is killed before the leader is reaped.
+        signal_group(pid, "KILL");
+        self.child.wait()
+    }
+}
+
+/// Whether process `pid` (our child) has exited and waits to be reaped (a zombie), or is gone.
+fn exited_unreaped(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself contain spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
     }
 }
 

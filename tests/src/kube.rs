@@ -42,10 +42,13 @@ impl Kustomize {
         match Self::find() {
             Ok(Some(real)) => real,
             Ok(None) => {
-                eprintln!(
-                    "NOTE: neither kustomize nor kubectl found; rendering with the built-in renderer. Install: {}",
-                    KUBECTL.install
-                );
+                static NOTE: std::sync::Once = std::sync::Once::new();
+                NOTE.call_once(|| {
+                    eprintln!(
+                        "NOTE: neither kustomize nor kubectl found; rendering with the built-in renderer. Install: {}",
+                        KUBECTL.install
+                    );
+                });
                 Self::Builtin
             }
             Err(message) => panic!("{message}"),
