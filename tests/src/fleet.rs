@@ -50,6 +50,8 @@ pub struct FleetSpec {
     pub agent_without_engine: bool,
     /// Also push every report to a port nobody listens on (those pushes fail).
     pub dead_push_target: bool,
+    /// Also push every report to these pickers (`http://host:port`), e.g. one the test restarts.
+    pub extra_push_targets: Vec<String>,
 }
 
 impl Default for FleetSpec {
@@ -62,6 +64,7 @@ impl Default for FleetSpec {
             interval: Duration::from_millis(100),
             agent_without_engine: false,
             dead_push_target: false,
+            extra_push_targets: Vec::new(),
         }
     }
 }
@@ -182,6 +185,7 @@ impl Fleet {
             .iter()
             .map(|p| format!("http://{}", p.addr))
             .collect();
+        push_targets.extend(spec.extra_push_targets.iter().cloned());
         if spec.dead_push_target {
             push_targets.push(format!("http://127.0.0.1:{}", free_port()?));
         }

@@ -108,6 +108,17 @@ pub struct Rule {
     pub last_error: String,
 }
 
+/// An alert that is pending or firing.
+#[derive(Debug, Clone)]
+pub struct ActiveAlert {
+    /// `alertname`.
+    pub name: String,
+    /// `pending` or `firing`.
+    pub state: String,
+    /// Every label, `alertname` included.
+    pub labels: BTreeMap<String, String>,
+}
+
 /// A running Prometheus.
 #[derive(Debug)]
 pub struct Prometheus {
@@ -225,6 +236,20 @@ impl Prometheus {
             }
         }
         Ok(rules)
+    }
+
+    /// The alerts that are pending or firing now.
+    pub async fn alerts(&self) -> anyhow::Result<Vec<ActiveAlert>> {
+        let data = self.api("/api/v1/alerts", &[]).await?;
+        let alerts = data["alerts"].as_array().context("no alerts")?;
+        Ok(alerts
+            .iter()
+            .map(|a| ActiveAlert {
+                name: str_at(&a["labels"]["alertname"]),
+                state: str_at(&a["state"]),
+                labels: parse_labels(&a["labels"]),
+            })
+            .collect())
     }
 
     /// Waits until every target has been scraped successfully at least once.

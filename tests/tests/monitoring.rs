@@ -612,6 +612,40 @@ async fn every_dashboard_and_alert_query_returns_data_from_a_live_fleet() {
     for rule in &rules {
         assert_eq!(rule.health, "ok", "{}: {}", rule.name, rule.last_error);
     }
+
+    // The fleet has an agent whose engine never answers and a push target nobody serves: their
+    // alerts become active (pending for their `for:` duration) on the real data.
+    let dead_agent = fleet.agents.last().unwrap().metrics.to_string();
+    let active = wait_until_async(
+        Duration::from_secs(30),
+        "the scrape and push alerts to be active",
+        || async {
+            let alerts = prometheus.alerts().await.map_err(|e| e.to_string())?;
+            let is_active = |name: &str, label: &str, value: Option<&str>| {
+                alerts.iter().any(|a| {
+                    a.name == name
+                        && a.labels
+                            .get(label)
+                            .is_some_and(|v| value.is_none_or(|want| v == want))
+                })
+            };
+            if is_active("InferpickAgentScrapeErrors", "instance", Some(&dead_agent))
+                && is_active("InferpickAgentPushErrors", "target", None)
+            {
+                Ok(alerts)
+            } else {
+                Err(format!("active: {alerts:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    for alert in &active {
+        assert!(
+            ["pending", "firing"].contains(&alert.state.as_str()),
+            "{alert:?}"
+        );
+    }
 }
 
 /// Choosing a model or an endpoint in the dashboards' variables narrows every panel to it: with
