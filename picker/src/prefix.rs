@@ -12,6 +12,11 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 /// Bytes per prompt block (64 characters of ASCII text).
 pub const BLOCK_BYTES: usize = 64;
 
+/// Most endpoints remembered per block, most recent kept. A prefix every endpoint holds (a shared
+/// system prompt) says nothing about where to route, and an unbounded holder list would make every
+/// lookup and insert walk the whole pool.
+pub const HOLDERS_PER_BLOCK: usize = 32;
+
 /// Chained hashes of the first `max_blocks` full blocks of `prompt`; a trailing partial block is not
 /// hashed because engines do not cache partial blocks either.
 pub fn block_hashes(prompt: &str, max_blocks: usize) -> Vec<u64> {
@@ -97,7 +102,9 @@ impl PrefixIndex {
 
     /// Records that endpoint `id` now holds these blocks (most recent last).
     pub fn insert(&mut self, id: u32, hashes: &[u64]) {
-        let lru = self.lrus.entry(id).or_default();
+        let mut added = 0;
+        let mut displaced = Vec::new();
+        let mut touched = Vec::with_capacity(hashes.len());
         for &hash in hashes {
             self.tick += 1;
             let stamp = self.tick;
@@ -105,12 +112,27 @@ impl PrefixIndex {
             match holders.iter_mut().find(|(e, _)| *e == id) {
                 Some(entry) => entry.1 = stamp,
                 None => {
+                    if holders.len() >= HOLDERS_PER_BLOCK {
+                        let oldest = (0..holders.len())
+                            .min_by_key(|&i| holders[i].1)
+                            .expect("a full holder list is not empty");
+                        displaced.push(holders.swap_remove(oldest).0);
+                    }
                     holders.push((id, stamp));
-                    lru.live += 1;
+                    added += 1;
                 }
             }
-            lru.order.push_back((hash, stamp));
+            touched.push((hash, stamp));
         }
+        // A displaced holder's recency entry goes stale and is skipped when it comes up.
+        for other in displaced {
+            if let Some(l) = self.lrus.get_mut(&other) {
+                l.live -= 1;
+            }
+        }
+        let lru = self.lrus.entry(id).or_default();
+        lru.live += added;
+        lru.order.extend(touched);
         while lru.live > self.capacity {
             let Some((hash, stamp)) = lru.order.pop_front() else {
                 break;
@@ -234,6 +256,30 @@ mod tests {
         idx.insert(1, &c); // evicts b
         assert_eq!(idx.matches(&a), vec![(1, 1)]);
         assert!(idx.matches(&b).is_empty());
+    }
+
+    #[test]
+    fn a_block_remembers_its_most_recent_holders_only() {
+        let mut idx = PrefixIndex::new(100);
+        let shared = block_hashes(&prompt(2, 's'), 10);
+        for id in 0..(HOLDERS_PER_BLOCK as u32 + 10) {
+            idx.insert(id, &shared);
+        }
+        let m = idx.matches(&shared);
+        assert_eq!(m.len(), HOLDERS_PER_BLOCK);
+        assert!(m.iter().all(|&(id, depth)| id >= 10 && depth == 2), "{m:?}");
+        assert_eq!(
+            idx.blocks_of(0),
+            0,
+            "displaced holders no longer count the block"
+        );
+        // A displaced endpoint can insert again, and its stale entries do not break eviction.
+        idx.insert(0, &shared);
+        assert!(idx.matches(&shared).iter().any(|&(id, _)| id == 0));
+        for i in 0..200 {
+            idx.insert(0, &block_hashes(&format!("{i}{}", prompt(1, 'x')), 10));
+        }
+        assert!(idx.blocks_of(0) <= 100);
     }
 
     #[test]

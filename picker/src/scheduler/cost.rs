@@ -78,8 +78,13 @@ fn kv_estimate(c: &Candidate<'_>, extra_tokens: u64) -> Option<f64> {
     Some((kv + added).min(1.0))
 }
 
-/// Fills `cost` and `parts` of every candidate.
-pub(super) fn score(cands: &mut [Candidate<'_>], ask: &Ask, config: &SchedulerConfig) {
+/// Fills `cost` of every candidate, and pushes each one's parts to `parts` when given.
+pub(super) fn score(
+    cands: &mut [Candidate<'_>],
+    ask: &Ask,
+    config: &SchedulerConfig,
+    mut parts: Option<&mut Vec<[f64; 5]>>,
+) {
     let m = &config.cost;
     let min_load = cands.iter().map(|c| c.load()).min().unwrap_or(0);
     let tokens_per_block = BLOCK_BYTES as f64 / m.chars_per_token;
@@ -116,7 +121,9 @@ pub(super) fn score(cands: &mut [Candidate<'_>], ask: &Ask, config: &SchedulerCo
         } else {
             0.0
         };
-        c.parts = [prefill, batch, pressure, adapter, session];
+        if let Some(p) = parts.as_deref_mut() {
+            p.push([prefill, batch, pressure, adapter, session]);
+        }
         c.cost = prefill + batch + pressure + adapter - session;
     }
 }

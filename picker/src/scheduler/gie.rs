@@ -13,7 +13,8 @@ const PREFIX_WEIGHT: f64 = 3.0;
 const LORA_WEIGHT: f64 = 1.0;
 
 /// Fills `cost` with the negated weighted score (so lower is better, like every profile).
-pub(super) fn score(cands: &mut [Candidate<'_>], ask: &Ask) {
+/// Each candidate's parts (queue, KV, prefix, LoRA, total) go to `parts` when given.
+pub(super) fn score(cands: &mut [Candidate<'_>], ask: &Ask, mut parts: Option<&mut Vec<[f64; 5]>>) {
     let qmin = cands.iter().map(|c| c.waiting).min().unwrap_or(0);
     let qmax = cands.iter().map(|c| c.waiting).max().unwrap_or(0);
     let blocks = ask.blocks.len();
@@ -37,7 +38,9 @@ pub(super) fn score(cands: &mut [Candidate<'_>], ask: &Ask) {
         };
         let total =
             QUEUE_WEIGHT * queue + KV_WEIGHT * kv + PREFIX_WEIGHT * prefix + LORA_WEIGHT * lora;
-        c.parts = [queue, kv, prefix, lora, total];
+        if let Some(p) = parts.as_deref_mut() {
+            p.push([queue, kv, prefix, lora, total]);
+        }
         c.cost = -total;
     }
 }

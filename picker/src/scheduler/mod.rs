@@ -331,8 +331,6 @@ pub(crate) struct Candidate<'a> {
     pub(crate) adapter: AdapterState,
     /// Lower is better (profiles that maximize a score store its negation).
     pub(crate) cost: f64,
-    /// Profile-specific parts of the cost, for `explain`.
-    pub(crate) parts: [f64; 5],
 }
 
 impl Candidate<'_> {
@@ -488,7 +486,6 @@ impl Scheduler {
                 session_hit: lookup(&matches.1) > 0,
                 adapter: AdapterState::of(endpoint, &ask.model, entry.adapter_of.is_some()),
                 cost: 0.0,
-                parts: [0.0; 5],
             });
         }
         if serving == 0 {
@@ -511,13 +508,16 @@ impl Scheduler {
             });
         }
 
+        // Per-candidate cost parts are kept only when they will be shown.
+        let mut parts = Vec::new();
+        let parts_out = explain.then_some(&mut parts);
         let saturated = match self.policy {
             Policy::Inferpick => {
-                cost::score(&mut cands, &ask, &self.config);
+                cost::score(&mut cands, &ask, &self.config, parts_out);
                 cost::pool_saturated(&cands, &self.config)
             }
             Policy::Gie => {
-                gie::score(&mut cands, &ask);
+                gie::score(&mut cands, &ask, parts_out);
                 gie::pool_saturated(&cands, &self.config, now)
             }
             Policy::LeastRequest => {
@@ -553,8 +553,11 @@ impl Scheduler {
             &keys,
         );
 
-        let explain = explain
-            .then(|| self.explain(&ask, &cands, &order, &excluded, saturated, now, &snapshot));
+        let explain = explain.then(|| {
+            self.explain(
+                &ask, &cands, &parts, &order, &excluded, saturated, now, &snapshot,
+            )
+        });
         Ok(Pick {
             endpoint: chosen.endpoint.address.clone(),
             fallbacks: order[1..]
@@ -691,6 +694,7 @@ impl Scheduler {
         &self,
         ask: &Ask,
         cands: &[Candidate<'_>],
+        parts: &[[f64; 5]],
         order: &[usize],
         excluded: &[(&Arc<Endpoint>, &'static str)],
         saturated: bool,
@@ -714,7 +718,7 @@ impl Scheduler {
             .map(|(i, c)| {
                 let parts: serde_json::Map<String, Value> = part_names
                     .iter()
-                    .zip(c.parts)
+                    .zip(parts.get(i).copied().unwrap_or_default())
                     .map(|(k, v)| (k.to_string(), json!(v)))
                     .collect();
                 json!({

@@ -646,6 +646,11 @@ fn explain_lists_every_endpoint_with_signals_and_score() {
         assert_eq!(c["rank"], 0);
         assert!(c["score"].is_number());
         assert_eq!(e["excluded"][0]["reason"], "stale");
+        match policy {
+            Policy::Inferpick => assert!(c["parts"]["prefill_s"].as_f64().unwrap() > 0.0, "{c}"),
+            Policy::Gie => assert_eq!(c["parts"]["queue"], 1.0, "{c}"),
+            _ => assert!(c["parts"].as_object().unwrap().is_empty()),
+        }
     }
     assert!(
         sched(Policy::Inferpick)
