@@ -499,6 +499,7 @@ async fn every_dashboard_and_alert_query_returns_data_from_a_live_fleet() {
         interval: Duration::from_millis(100),
         agent_without_engine: true,
         dead_push_target: true,
+        ..FleetSpec::default()
     })
     .await
     .unwrap_or_else(|e| panic!("starting the fleet: {e:#}"));
