@@ -17,7 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
-const ENDPOINTS: usize = 1_000;
+/// Table sizes measured, one server each.
+const SIZES: [usize; 2] = [100, 1_000];
 const BATCH: usize = 100;
 const CONNECTIONS: usize = 32;
 const RUN: Duration = Duration::from_secs(3);
@@ -192,69 +193,102 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let settings = Settings { grpc_listen: None, ..Settings::default() };
-        let state = AppState::new(settings).unwrap();
-        state.table().ingest_batch((0..ENDPOINTS).map(|i| report(i, 1)).collect(), state.now()).unwrap();
-        // Fresh reports every 500 ms keep the table within the 1 s staleness bound, as agents would.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(state.clone(), listener, async {
-            let _ = rx.await;
-        }));
-        let refresher = {
-            let state = state.clone();
-            tokio::spawn(async move {
-                let mut seq = 2;
-                let mut tick = tokio::time::interval(Duration::from_millis(500));
-                loop {
-                    tick.tick().await;
-                    let _ = state.table().ingest_batch((0..ENDPOINTS).map(|i| report(i, seq)).collect(), state.now());
-                    seq += 1;
-                }
-            })
-        };
+    for endpoints in SIZES {
+        rt.block_on(run(endpoints));
+    }
+}
 
-        let health = Arc::new(Script::Repeat(request("GET", "/healthz", b"")));
-        let pick_body = format!(
-            r#"{{"model":"{MODEL}","prompt":"{}what is the capital of France?","max_tokens":128}}"#,
-            "You are a helpful assistant. ".repeat(20)
-        );
-        let pick = Arc::new(Script::Repeat(request("POST", "/v1/pick", pick_body.as_bytes())));
+/// One server with a table of `endpoints`: healthz, pick, healthz again, then ingest under picks.
+async fn run(endpoints: usize) {
+    let settings = Settings {
+        grpc_listen: None,
+        ..Settings::default()
+    };
+    let state = AppState::new(settings).unwrap();
+    state
+        .table()
+        .ingest_batch((0..endpoints).map(|i| report(i, 1)).collect(), state.now())
+        .unwrap();
+    // Fresh reports every 500 ms keep the table within the 1 s staleness bound, as agents would.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(state.clone(), listener, async {
+        let _ = rx.await;
+    }));
+    let refresher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut seq = 2;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let _ = state.table().ingest_batch(
+                    (0..endpoints).map(|i| report(i, seq)).collect(),
+                    state.now(),
+                );
+                seq += 1;
+            }
+        })
+    };
 
-        println!("HTTP on loopback, keep-alive, {CONNECTIONS} connections, {ENDPOINTS} endpoints, {}s per run", RUN.as_secs());
-        let h1 = load(addr, vec![(CONNECTIONS, vec![health.clone()])]).await[0];
-        let p = load(addr, vec![(CONNECTIONS, vec![pick.clone()])]).await[0];
-        let h2 = load(addr, vec![(CONNECTIONS, vec![health.clone()])]).await[0];
-        let h = (h1 + h2) / 2.0;
-        println!("GET /healthz   {h:>10.0} req/s  (runs: {h1:.0}, {h2:.0})");
-        println!("POST /v1/pick  {p:>10.0} req/s  = {:.0}% of /healthz (target >= 70%)", 100.0 * p / h);
-        refresher.abort();
+    let health = Arc::new(Script::Repeat(request("GET", "/healthz", b"")));
+    let pick_body = format!(
+        r#"{{"model":"{MODEL}","prompt":"{}what is the capital of France?","max_tokens":128}}"#,
+        "You are a helpful assistant. ".repeat(20)
+    );
+    let pick = Arc::new(Script::Repeat(request(
+        "POST",
+        "/v1/pick",
+        pick_body.as_bytes(),
+    )));
 
-        // Ingest while serving picks: 4 connections push arrays of BATCH reports with rising seq.
-        let pushers = 4;
-        let per_pusher = ENDPOINTS / pushers;
-        let batches: Vec<Arc<Script>> = (0..pushers)
-            .map(|p| {
-                let ids: Vec<usize> = (p * per_pusher..(p + 1) * per_pusher).collect();
-                let templates = ids
-                    .chunks(BATCH)
-                    .map(|chunk| {
-                        let reports: Vec<LoadReport> = chunk.iter().map(|&i| report(i, SEQ_BASE)).collect();
-                        request("POST", "/v1/reports", &serde_json::to_vec(&reports).unwrap())
-                    })
-                    .collect();
-                Arc::new(Script::RisingSeq(templates))
-            })
-            .collect();
-        let rates = load(addr, vec![(pushers, batches), (CONNECTIONS - pushers, vec![pick])]).await;
-        println!(
-            "ingest while picking: {:>10.0} reports/s ({BATCH} per request; target >= 50,000) with {:.0} picks/s",
-            rates[0] * BATCH as f64,
-            rates[1]
-        );
-        let _ = tx.send(());
-        server.await.unwrap().unwrap();
-    });
+    println!(
+        "HTTP on loopback, keep-alive, {CONNECTIONS} connections, {endpoints} endpoints, {}s per run",
+        RUN.as_secs()
+    );
+    let h1 = load(addr, vec![(CONNECTIONS, vec![health.clone()])]).await[0];
+    let p = load(addr, vec![(CONNECTIONS, vec![pick.clone()])]).await[0];
+    let h2 = load(addr, vec![(CONNECTIONS, vec![health.clone()])]).await[0];
+    let h = (h1 + h2) / 2.0;
+    println!("GET /healthz   {h:>10.0} req/s  (runs: {h1:.0}, {h2:.0})");
+    println!(
+        "POST /v1/pick  {p:>10.0} req/s  = {:.0}% of /healthz (target >= 70%)",
+        100.0 * p / h
+    );
+    refresher.abort();
+
+    // Ingest while serving picks: 4 connections push arrays of BATCH reports with rising seq.
+    let pushers = 4;
+    let per_pusher = endpoints / pushers;
+    let batches: Vec<Arc<Script>> = (0..pushers)
+        .map(|p| {
+            let ids: Vec<usize> = (p * per_pusher..(p + 1) * per_pusher).collect();
+            let templates = ids
+                .chunks(BATCH)
+                .map(|chunk| {
+                    let reports: Vec<LoadReport> =
+                        chunk.iter().map(|&i| report(i, SEQ_BASE)).collect();
+                    request(
+                        "POST",
+                        "/v1/reports",
+                        &serde_json::to_vec(&reports).unwrap(),
+                    )
+                })
+                .collect();
+            Arc::new(Script::RisingSeq(templates))
+        })
+        .collect();
+    let rates = load(
+        addr,
+        vec![(pushers, batches), (CONNECTIONS - pushers, vec![pick])],
+    )
+    .await;
+    println!(
+        "ingest while picking: {:>10.0} reports/s ({BATCH} per request; target >= 50,000) with {:.0} picks/s",
+        rates[0] * BATCH as f64,
+        rates[1]
+    );
+    let _ = tx.send(());
+    server.await.unwrap().unwrap();
 }
