@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use inferpick_schema::EngineKind;
 
+use crate::demo::{self, DemoConfig, GatewayKind};
 use crate::emulate::{self, Emulator, EmulatorConfig};
 use crate::engine::EngineConfig;
 use crate::load::{self, LoadConfig};
@@ -34,6 +35,35 @@ pub enum Command {
     Emulate(EmulateArgs),
     /// Open-loop load generator: streams completions and measures TTFT, latency and errors.
     Load(LoadArgs),
+    /// Emulated pods + real agents + a real picker + gateways on loopback: the same workload
+    /// through round robin and through inferpick, compared.
+    Demo(DemoArgs),
+}
+
+/// `demo`: flags.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Emulated pods.
+    #[arg(long, env = "INFERPICK_PODS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub pods: u32,
+    /// How long each policy is driven.
+    #[arg(long, env = "INFERPICK_DURATION", default_value = "40s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Which gateway fronts the fleet (only `builtin` is available in this version).
+    #[arg(long, env = "INFERPICK_GATEWAY", value_enum, default_value = "builtin")]
+    pub gateway: GatewayKind,
+    /// Leave everything running afterwards and print the URLs (Ctrl-C stops it).
+    #[arg(long, env = "INFERPICK_KEEP")]
+    pub keep: bool,
+    /// Offered load as a fraction of the fleet's capacity.
+    #[arg(long, env = "INFERPICK_LOAD", default_value = "0.8", value_parser = parse_load)]
+    pub load: f64,
+    /// Workload [default: the demo's: chat, shared long prompts and LoRA adapters].
+    #[arg(long, env = "INFERPICK_WORKLOAD")]
+    pub workload: Option<String>,
+    /// Seed of arrivals and lengths (the same for both policies).
+    #[arg(long, env = "INFERPICK_SEED", default_value_t = 1)]
+    pub seed: u64,
 }
 
 /// `load`: flags.
@@ -145,6 +175,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sim(args) => sim_command(args),
         Command::Emulate(args) => runtime()?.block_on(emulate_command(args)),
         Command::Load(args) => runtime()?.block_on(load_command(args)),
+        Command::Demo(args) => runtime()?.block_on(demo_command(args)),
     }
 }
 
@@ -290,6 +321,77 @@ async fn load_command(args: LoadArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&result)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
+    if args.gateway != GatewayKind::Builtin {
+        anyhow::bail!(
+            "--gateway {:?}: only the built-in gateway is available in this version; run without --gateway",
+            args.gateway
+        );
+    }
+    let workload = match &args.workload {
+        Some(w) => Workload::load(w)?,
+        None => Workload::parse(demo::DEMO_WORKLOAD, "lab/workloads/demo.yaml")?,
+    };
+    let config = DemoConfig {
+        pods: args.pods,
+        duration: args.duration,
+        load: args.load,
+        workload,
+        seed: args.seed,
+    };
+    let outcome = demo::run(&config, |line| eprintln!("{line}")).await?;
+    let heading = format!(
+        "inferpick demo · workload {} · {} pods · {:.1} requests/s offered ({:.0}% of capacity) · {} per policy",
+        config.workload.name,
+        config.pods,
+        outcome.rate,
+        config.load * 100.0,
+        humantime::format_duration(config.duration)
+    );
+    println!();
+    print!("{}", outcome.report.table(&heading));
+    for r in &outcome.runs {
+        let errors: u64 = r.errors.values().sum();
+        if errors > 0 {
+            println!("errors through {}: {:?}", r.url, r.errors);
+        }
+    }
+    if let [rr, ip] = &outcome.report.results[..] {
+        let verdict = if ip.ttft_ms.p99 < rr.ttft_ms.p99 {
+            "inferpick beats round robin"
+        } else {
+            "inferpick does not beat round robin"
+        };
+        println!(
+            "\n{verdict} on TTFT p99: {} vs {} ({:.2}×), at {:.0} vs {:.0} output tokens/s.",
+            crate::sim::ms(ip.ttft_ms.p99),
+            crate::sim::ms(rr.ttft_ms.p99),
+            ip.ttft_ms.p99 / rr.ttft_ms.p99.max(1e-9),
+            ip.throughput_tokens_per_s,
+            rr.throughput_tokens_per_s
+        );
+    }
+    if args.keep {
+        let (fleet, gateways) = &outcome.kept;
+        println!("\nstill running (Ctrl-C stops everything):");
+        for (name, gw) in gateways {
+            println!("  gateway ({name}):  http://{}/v1/completions", gw.addr);
+        }
+        println!(
+            "  picker:   http://{}/v1/endpoints  http://{}/metrics",
+            fleet.picker, fleet.picker
+        );
+        for (i, (e, a)) in fleet.emulators.iter().zip(&fleet.agents).enumerate() {
+            println!(
+                "  pod {i}:    engine http://{}/metrics   agent http://{a}/metrics",
+                e.addr
+            );
+        }
+        shutdown_signal().await;
     }
     Ok(())
 }

@@ -3,14 +3,19 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use inferpick_lab::cli::{Cli, run};
+use inferpick_lab::cli::{Cli, Command, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo runs agents and a picker in this process; their warnings would bury the table.
+    let default = match cli.command {
+        Command::Demo(_) => "error",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("INFERPICK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -1,0 +1,277 @@
+//! The built-in gateway: a small reverse proxy for OpenAI-style requests. Per request it either asks
+//! a picker (`POST /v1/pick`, then `POST /v1/done` when the response ends) or takes the next
+//! endpoint in turn (round robin, like a Kubernetes Service), and streams the engine's answer back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use inferpick_schema::{Decision, DoneRequest, PickRequest};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+/// How the gateway chooses an endpoint.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// Each endpoint in turn.
+    RoundRobin(Vec<String>),
+    /// Ask the picker at this base URL.
+    Picker(String),
+}
+
+impl Route {
+    /// A short name for tables.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::RoundRobin(_) => "round-robin",
+            Route::Picker(_) => "inferpick",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    route: Route,
+    next: AtomicUsize,
+    client: reqwest::Client,
+}
+
+/// The gateway's shared state.
+#[derive(Debug, Clone)]
+pub struct Gateway(Arc<Inner>);
+
+/// Largest request body the gateway reads.
+const MAX_BODY: usize = 8 << 20;
+
+impl Gateway {
+    /// A gateway that routes by `route`.
+    pub fn new(route: Route) -> Self {
+        Self(Arc::new(Inner {
+            route,
+            next: AtomicUsize::new(0),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(1024)
+                .build()
+                .expect("a plain HTTP client builds"),
+        }))
+    }
+}
+
+/// The gateway's routes: every path is proxied.
+pub fn router(gw: Gateway) -> Router {
+    Router::new().fallback(proxy).with_state(gw)
+}
+
+/// Serves `gw` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    gw: Gateway,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(gw))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({"error": code, "message": message.into()});
+    (status, axum::Json(body)).into_response()
+}
+
+/// What the picker needs from a request body.
+fn pick_request(body: &[u8], headers: &HeaderMap) -> PickRequest {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let prompt = match (&v["prompt"], &v["messages"]) {
+        (Value::String(p), _) => Some(p.clone()),
+        (_, Value::Array(m)) => Some(
+            m.iter()
+                .filter_map(|m| m["content"].as_str())
+                .collect::<Vec<_>>()
+                .join(""),
+        ),
+        _ => None,
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    PickRequest {
+        model: v["model"].as_str().map(str::to_string),
+        priority: header("x-inferpick-priority").and_then(|p| p.parse().ok()),
+        session: header("x-session-id").map(str::to_string),
+        prompt,
+        max_tokens: v["max_tokens"].as_u64().map(|n| n as u32),
+        fallbacks: Some(0),
+        ..PickRequest::default()
+    }
+}
+
+async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.to_string(),
+            );
+        }
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let (endpoint, decision) = match &gw.0.route {
+        Route::RoundRobin(eps) => {
+            let i = gw.0.next.fetch_add(1, Ordering::Relaxed) % eps.len();
+            (eps[i].clone(), None)
+        }
+        Route::Picker(picker) => {
+            let ask = pick_request(&body, &parts.headers);
+            match gw
+                .0
+                .client
+                .post(format!("{picker}/v1/pick"))
+                .json(&ask)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => match r.json::<Decision>().await {
+                    Ok(d) => (d.endpoint.clone(), Some(d.decision_id)),
+                    Err(e) => return error(StatusCode::BAD_GATEWAY, "picker", e.to_string()),
+                },
+                Ok(r) => {
+                    // The picker's own error (429 shed, 503 no endpoint, 404 unknown model) goes back as is.
+                    let status = StatusCode::from_u16(r.status().as_u16())
+                        .unwrap_or(StatusCode::BAD_GATEWAY);
+                    let retry = r.headers().get(header::RETRY_AFTER).cloned();
+                    let text = r.bytes().await.unwrap_or_default();
+                    let mut resp = (status, text).into_response();
+                    if let Some(retry) = retry {
+                        resp.headers_mut().insert(header::RETRY_AFTER, retry);
+                    }
+                    return resp;
+                }
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        "picker",
+                        format!("picker unreachable: {e}"),
+                    );
+                }
+            }
+        }
+    };
+    let upstream =
+        gw.0.client
+            .request(parts.method.clone(), format!("http://{endpoint}{path}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
+    let upstream = match upstream {
+        Ok(u) => u,
+        Err(e) => {
+            gw.done(decision, Some(502));
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "upstream",
+                format!("{endpoint}: {e}"),
+            );
+        }
+    };
+    let status = upstream.status().as_u16();
+    let mut builder = Response::builder().status(status);
+    if let Some(ct) = upstream.headers().get(header::CONTENT_TYPE) {
+        builder = builder.header(header::CONTENT_TYPE, ct.clone());
+    }
+    builder = builder.header("x-inferpick-endpoint", endpoint.as_str());
+    // Closes the decision when the response body ends or the client goes away.
+    let guard = DoneGuard {
+        gw: gw.clone(),
+        decision,
+        status,
+    };
+    let stream = upstream.bytes_stream().map(move |chunk| {
+        let _keep = &guard;
+        chunk.map_err(std::io::Error::other)
+    });
+    builder
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|e| error(StatusCode::BAD_GATEWAY, "upstream", e.to_string()))
+}
+
+impl Gateway {
+    fn done(&self, decision: Option<String>, status: Option<u16>) {
+        let (Route::Picker(picker), Some(decision_id)) = (&self.0.route, decision) else {
+            return;
+        };
+        let url = format!("{picker}/v1/done");
+        let client = self.0.client.clone();
+        tokio::spawn(async move {
+            let body = DoneRequest {
+                decision_id,
+                status,
+                ..DoneRequest::default()
+            };
+            if let Err(e) = client.post(url).json(&body).send().await {
+                tracing::debug!(error = %e, "done feedback failed");
+            }
+        });
+    }
+}
+
+struct DoneGuard {
+    gw: Gateway,
+    decision: Option<String>,
+    status: u16,
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.gw.done(self.decision.take(), Some(self.status));
+    }
+}
+
+/// A running gateway and its address; stops when dropped.
+#[derive(Debug)]
+pub struct RunningGateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.abort();
+    }
+}
+
+/// Starts a gateway on `listener`.
+pub fn spawn(gw: Gateway, listener: TcpListener) -> std::io::Result<RunningGateway> {
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        if let Err(e) = serve(gw, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        {
+            tracing::warn!(error = %e, "gateway stopped");
+        }
+    });
+    Ok(RunningGateway {
+        addr,
+        stop: Some(stop),
+        task,
+    })
+}

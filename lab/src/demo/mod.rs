@@ -1,0 +1,339 @@
+//! `demo`: a whole inferpick fleet on loopback — emulated engines, the real agent beside each, the
+//! real picker, and two built-in gateways (round robin, and inferpick through the picker) — then
+//! the same open-loop workload through each gateway, and the comparison.
+//!
+//! Everything runs in this process on ports the OS chose, so the demo needs nothing but `cargo`.
+
+pub mod gateway;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use inferpick_schema::EngineKind;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::emulate::{self, Emulator, EmulatorConfig, Running};
+use crate::engine::EngineConfig;
+use crate::load::{self, LoadConfig, LoadResult};
+use crate::sim::{E2e, PolicyResult, SimReport, Ttft, capacity};
+use crate::workload::Workload;
+use gateway::{Gateway, Route, RunningGateway};
+
+/// The demo's default workload (lab/workloads/demo.yaml): short chat, long prompts sharing a
+/// system prompt or document, and LoRA adapters, with short answers so a laptop streams it in real time.
+pub const DEMO_WORKLOAD: &str = include_str!("../../workloads/demo.yaml");
+
+/// The base model the demo's emulators serve.
+pub const DEMO_MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+/// Which gateway fronts the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GatewayKind {
+    /// The lab's own reverse proxy (needs nothing installed).
+    Builtin,
+    /// nginx with `auth_request` (not available in this version).
+    Nginx,
+    /// Envoy with ext_proc (not available in this version).
+    Envoy,
+}
+
+/// The demo's settings.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// Emulated pods.
+    pub pods: u32,
+    /// How long each gateway is driven.
+    pub duration: Duration,
+    /// Offered load as a fraction of the fleet's capacity.
+    pub load: f64,
+    /// The workload.
+    pub workload: Workload,
+    /// Seed of arrivals and lengths (the same for both runs).
+    pub seed: u64,
+}
+
+/// A fleet on loopback. Dropping it stops everything.
+#[derive(Debug)]
+pub struct Fleet {
+    /// The picker's HTTP address.
+    pub picker: SocketAddr,
+    /// The emulated engines.
+    pub emulators: Vec<Running>,
+    /// Each agent's `/metrics` address.
+    pub agents: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // The picker and the agents stop on this signal (aborting them could orphan their loops).
+        let _ = self.stop.send(true);
+    }
+}
+
+fn stopped(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+async fn local() -> anyhow::Result<TcpListener> {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding a loopback port")
+}
+
+impl Fleet {
+    /// Starts a picker, `pods` emulators (engine `kind`) serving `adapters`, and an agent for each,
+    /// and waits until the picker sees every endpoint ready.
+    pub async fn start(
+        pods: u32,
+        kind: EngineKind,
+        adapters: &[String],
+        engine: EngineConfig,
+        agent_interval: Duration,
+    ) -> anyhow::Result<Fleet> {
+        let (stop, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let picker_listener = local().await?;
+        let picker = picker_listener.local_addr()?;
+        let settings = inferpick_picker::Settings {
+            grpc_listen: None,
+            listen: picker,
+            ..inferpick_picker::Settings::default()
+        };
+        let shutdown = stopped(&rx);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = inferpick_picker::run(settings, picker_listener, shutdown).await {
+                tracing::error!(error = %e, "picker stopped");
+            }
+        }));
+        let mut fleet = Fleet {
+            picker,
+            emulators: Vec::new(),
+            agents: Vec::new(),
+            stop,
+            tasks,
+        };
+        for i in 0..pods {
+            let emulator = Emulator::new(EmulatorConfig {
+                kind,
+                model: DEMO_MODEL.into(),
+                adapters: adapters.to_vec(),
+                engine: engine.clone(),
+            });
+            let running = emulate::spawn(emulator, local().await?)?;
+            let addr = running.addr;
+            fleet.emulators.push(running);
+            let agent_listener = local().await?;
+            let agent_addr = agent_listener.local_addr()?;
+            let args = inferpick_agent::Args::try_parse_from([
+                "inferpick-agent".to_string(),
+                format!("--engine-url=http://{addr}/metrics"),
+                format!("--engine={kind}"),
+                format!("--endpoint={addr}"),
+                format!("--picker=http://{picker}"),
+                format!("--listen={agent_addr}"),
+                format!("--interval={}", humantime::format_duration(agent_interval)),
+                format!("--pod=emulator-{i}"),
+                "--namespace=lab".into(),
+                "--gpu=none".into(),
+            ])
+            .context("building the agent's flags")?;
+            let config = inferpick_agent::Config::from_args(&args).map_err(|errors| {
+                let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                anyhow::anyhow!("agent configuration: {}", all.join("; "))
+            })?;
+            let shutdown = stopped(&fleet.stop.subscribe());
+            fleet.tasks.push(tokio::spawn(async move {
+                if let Err(e) = inferpick_agent::serve(config, agent_listener, shutdown).await {
+                    tracing::error!(error = %e, "agent stopped");
+                }
+            }));
+            fleet.agents.push(agent_addr);
+        }
+        fleet.wait_ready(Duration::from_secs(20)).await?;
+        Ok(fleet)
+    }
+
+    /// Stops the picker, the agents and the emulators, and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        for e in std::mem::take(&mut self.emulators) {
+            e.stop().await;
+        }
+    }
+
+    /// The emulators' addresses.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.emulators.iter().map(|e| e.addr.to_string()).collect()
+    }
+
+    /// Polls the picker until every emulator is a ready endpoint.
+    pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + within;
+        let want = self.endpoints();
+        loop {
+            let ready: Vec<String> = match client
+                .get(format!("http://{}/v1/endpoints", self.picker))
+                .send()
+                .await
+            {
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["endpoints"].as_array().cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|e| e["state"] == "ready")
+                    .filter_map(|e| e["address"].as_str().map(str::to_string))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            if want.iter().all(|w| ready.contains(w)) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "the picker at {} saw {} of {} endpoints ready after {:?}",
+                    self.picker,
+                    ready.len(),
+                    want.len(),
+                    within
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until no emulator has queued or running requests.
+    pub async fn wait_idle(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.emulators.iter().any(|e| {
+            let s = e.emulator.state();
+            s.running + s.waiting > 0
+        }) {
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("the emulators were still busy after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}
+
+/// What the demo measured, and the fleet if it is kept.
+#[derive(Debug)]
+pub struct DemoOutcome {
+    /// One row per gateway policy.
+    pub report: SimReport,
+    /// The raw load results, in the same order.
+    pub runs: Vec<LoadResult>,
+    /// Offered requests per second.
+    pub rate: f64,
+    /// The fleet and gateways, still running.
+    pub kept: (Fleet, Vec<(&'static str, RunningGateway)>),
+}
+
+fn as_row(policy: &str, r: &LoadResult) -> PolicyResult {
+    PolicyResult {
+        policy: policy.to_string(),
+        requests: r.requests,
+        completed: r.completed,
+        shed: r.errors.get("429").copied().unwrap_or(0),
+        throughput_tokens_per_s: r.throughput_tokens_per_s,
+        ttft_ms: Ttft { ..r.ttft_ms },
+        e2e_ms: E2e { ..r.e2e_ms },
+        goodput: r.goodput,
+    }
+}
+
+/// Runs the demo: the fleet, both gateways, the workload through round robin then inferpick.
+pub async fn run(
+    config: &DemoConfig,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<DemoOutcome> {
+    let mut engine = EngineConfig::default();
+    if let Some(m) = config.workload.pods.max_loras {
+        engine.max_loras = m;
+    }
+    if let Some(k) = config.workload.pods.kv_tokens {
+        engine.kv_tokens = k;
+    }
+    let per_pod = capacity::per_pod(&config.workload, &engine, config.seed);
+    let rate = config.load * per_pod * f64::from(config.pods);
+    let adapters = config.workload.adapter_names();
+    let mut runs = Vec::new();
+    let mut rows = Vec::new();
+    let mut last = None;
+    // Each policy gets a fresh fleet, so both start with cold caches and no adapter loaded, and
+    // sees exactly the same requests at the same times.
+    for name in ["round-robin", "inferpick"] {
+        progress(&format!(
+            "starting {} emulated vLLM pods, {} agents and a picker on loopback…",
+            config.pods, config.pods
+        ));
+        let fleet = Fleet::start(
+            config.pods,
+            EngineKind::Vllm,
+            &adapters,
+            engine.clone(),
+            Duration::from_millis(100),
+        )
+        .await?;
+        let route = if name == "round-robin" {
+            Route::RoundRobin(fleet.endpoints())
+        } else {
+            Route::Picker(format!("http://{}", fleet.picker))
+        };
+        let gw = gateway::spawn(Gateway::new(route), local().await?)?;
+        progress(&format!(
+            "driving {} through {name} for {}: {:.1} requests/s ({:.0}% of the fleet's capacity)…",
+            config.workload.name,
+            humantime::format_duration(config.duration),
+            rate,
+            config.load * 100.0
+        ));
+        let result = load::run(LoadConfig {
+            url: format!("http://{}", gw.addr),
+            workload: config.workload.clone(),
+            rate,
+            duration: config.duration,
+            seed: config.seed,
+            model: DEMO_MODEL.into(),
+            timeout: Duration::from_secs(120),
+        })
+        .await;
+        rows.push(as_row(name, &result));
+        runs.push(result);
+        if let Some((previous, gw)) = last.replace((fleet, gw)) {
+            drop(gw);
+            previous.shutdown().await;
+        }
+    }
+    let (fleet, smart) = last.expect("two runs");
+    let rr = gateway::spawn(
+        Gateway::new(Route::RoundRobin(fleet.endpoints())),
+        local().await?,
+    )?;
+    Ok(DemoOutcome {
+        report: SimReport {
+            workload: config.workload.name.clone(),
+            pods: config.pods,
+            results: rows,
+        },
+        runs,
+        rate,
+        kept: (fleet, vec![("round-robin", rr), ("inferpick", smart)]),
+    })
+}
