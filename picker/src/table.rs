@@ -124,8 +124,57 @@ pub struct Endpoint {
     /// The report's load signals the scheduler reads for every endpoint, copied here so a pick
     /// over thousands of endpoints does not chase a pointer to each report.
     pub(crate) signals: Signals,
-    model_hashes: Box<[u64]>,
+    model_keys: ModelKeys,
     pub(crate) live: Arc<Live>,
+}
+
+/// 128-bit keys of the model names an endpoint lists, the first two inline: matching a request's
+/// model against thousands of endpoints then reads no string and follows no pointer.
+#[derive(Debug)]
+struct ModelKeys {
+    first: [u128; 2],
+    rest: Box<[u128]>,
+    len: usize,
+    /// Bit i set: model i is a LoRA adapter (reports list at most 64 models).
+    adapters: u64,
+}
+
+impl ModelKeys {
+    fn new(models: &[inferpick_schema::ModelEntry]) -> Self {
+        let keys: Vec<u128> = models.iter().map(|m| model_key(&m.name)).collect();
+        let mut first = [0; 2];
+        for (slot, k) in first.iter_mut().zip(&keys) {
+            *slot = *k;
+        }
+        let adapters = models
+            .iter()
+            .take(64)
+            .enumerate()
+            .filter(|(_, m)| m.adapter_of.is_some())
+            .fold(0u64, |acc, (i, _)| acc | (1 << i));
+        Self {
+            first,
+            rest: keys.iter().skip(2).copied().collect(),
+            len: keys.len(),
+            adapters,
+        }
+    }
+
+    fn position(&self, key: u128) -> Option<usize> {
+        let inline = self.len.min(2);
+        if let Some(i) = self.first[..inline].iter().position(|&k| k == key) {
+            return Some(i);
+        }
+        self.rest.iter().position(|&k| k == key).map(|i| i + 2)
+    }
+}
+
+/// A model name's key: two independent 64-bit SipHash values, so distinct names do not collide in
+/// practice (odds about 2^-128 per pair).
+pub(crate) fn model_key(name: &str) -> u128 {
+    let mut h = DefaultHasher::new();
+    ("inferpick-model-b", name).hash(&mut h);
+    (u128::from(name_hash(name)) << 64) | u128::from(h.finish())
 }
 
 /// Hot copies of report fields (absent counts read as zero, as every profile treats them).
@@ -159,7 +208,7 @@ impl Endpoint {
             (Some(o), Some(p)) => Some(o.max(p * PEAK_DECAY)),
             (o, p) => o.or(p.map(|p| p * PEAK_DECAY)),
         };
-        let model_hashes = report.models.iter().map(|m| name_hash(&m.name)).collect();
+        let model_keys = ModelKeys::new(&report.models);
         let load = &report.load;
         let signals = Signals {
             ready: report.engine.ready,
@@ -174,7 +223,7 @@ impl Endpoint {
             arrived_at,
             peak_prompt_tokens_per_second: peak,
             signals,
-            model_hashes,
+            model_keys,
             live,
         }
     }
@@ -210,19 +259,14 @@ impl Endpoint {
 
     /// The model entry this endpoint lists under `name` (base model or adapter), if any.
     pub fn model(&self, name: &str) -> Option<&inferpick_schema::ModelEntry> {
-        self.model_by_hash(name, name_hash(name))
+        self.report.models.iter().find(|m| m.name == name)
     }
 
-    pub(crate) fn model_by_hash(
-        &self,
-        name: &str,
-        hash: u64,
-    ) -> Option<&inferpick_schema::ModelEntry> {
-        self.model_hashes
-            .iter()
-            .position(|&h| h == hash)
-            .map(|i| &self.report.models[i])
-            .filter(|m| m.name == name)
+    /// Whether this endpoint serves the model with key `key`, and if so whether it is an adapter.
+    pub(crate) fn serves(&self, key: u128) -> Option<bool> {
+        self.model_keys
+            .position(key)
+            .map(|i| i < 64 && self.model_keys.adapters & (1 << i) != 0)
     }
 }
 
@@ -813,6 +857,34 @@ pub(crate) mod tests {
             .peak_prompt_tokens_per_second
             .unwrap();
         assert!((11_900.0..12_000.0).contains(&peak), "{peak}");
+    }
+
+    #[test]
+    fn model_keys_find_every_listed_model_and_its_kind() {
+        let t = Table::new(TableConfig::default());
+        let mut r = report("10.0.0.1:8000", 1);
+        for i in 0..5 {
+            r.models.push(ModelEntry {
+                name: format!("lora-{i}"),
+                adapter_of: Some(MODEL.into()),
+            });
+        }
+        t.ingest(r, T0).unwrap();
+        let s = t.snapshot();
+        let e = s.get("10.0.0.1:8000").unwrap();
+        assert_eq!(e.serves(model_key(MODEL)), Some(false));
+        assert_eq!(e.serves(model_key("lora-0")), Some(true));
+        assert_eq!(
+            e.serves(model_key("lora-4")),
+            Some(true),
+            "beyond the inline keys"
+        );
+        assert_eq!(e.serves(model_key("lora-5")), None);
+        assert_eq!(
+            e.model("lora-4").unwrap().adapter_of.as_deref(),
+            Some(MODEL)
+        );
+        assert_ne!(model_key("a"), model_key("b"));
     }
 
     #[test]

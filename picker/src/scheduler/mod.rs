@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::prefix::{block_hashes, session_hash};
-use crate::table::{Endpoint, EndpointState, Snapshot, Table, name_hash};
+use crate::table::{Endpoint, EndpointState, Snapshot, Table, model_key};
 
 pub use cost::CostModel;
 
@@ -421,7 +421,7 @@ impl Scheduler {
         let candidates_filter = request.candidates.as_deref();
         let exclude = request.exclude.as_deref().unwrap_or(&[]);
 
-        let model_hash = name_hash(&ask.model);
+        let model = model_key(&ask.model);
         let mut serving = 0usize;
         let (mut stale, mut not_ready, mut filtered) = (0usize, 0usize, 0usize);
         let mut excluded: Vec<(&Arc<Endpoint>, &'static str)> = Vec::new();
@@ -437,7 +437,7 @@ impl Scheduler {
             (Vec::new(), Vec::new())
         };
         for endpoint in snapshot.iter() {
-            let Some(entry) = endpoint.model_by_hash(&ask.model, model_hash) else {
+            let Some(is_adapter) = endpoint.serves(model) else {
                 continue;
             };
             serving += 1;
@@ -484,7 +484,7 @@ impl Scheduler {
                 kv: sig.kv,
                 cached_blocks: lookup(&matches.0),
                 session_hit: lookup(&matches.1) > 0,
-                adapter: AdapterState::of(endpoint, &ask.model, entry.adapter_of.is_some()),
+                adapter: AdapterState::of(endpoint, &ask.model, is_adapter),
                 cost: 0.0,
             });
         }
