@@ -89,11 +89,11 @@ async fn local() -> anyhow::Result<TcpListener> {
 }
 
 impl Fleet {
-    /// Starts a picker, `pods` emulators (engine `kind`) serving `adapters`, and an agent for each,
-    /// and waits until the picker sees every endpoint ready.
+    /// Starts a picker, `pods` emulators serving `adapters` (pod `i` speaks `kinds[i % len]`), and
+    /// an agent for each, and waits until the picker sees every endpoint ready.
     pub async fn start(
         pods: u32,
-        kind: EngineKind,
+        kinds: &[EngineKind],
         adapters: &[String],
         engine: EngineConfig,
         agent_interval: Duration,
@@ -121,6 +121,7 @@ impl Fleet {
             tasks,
         };
         for i in 0..pods {
+            let kind = kinds[i as usize % kinds.len().max(1)];
             let emulator = Emulator::new(EmulatorConfig {
                 kind,
                 model: DEMO_MODEL.into(),
@@ -285,7 +286,7 @@ pub async fn run(
         ));
         let fleet = Fleet::start(
             config.pods,
-            EngineKind::Vllm,
+            &[EngineKind::Vllm],
             &adapters,
             engine.clone(),
             Duration::from_millis(100),
