@@ -395,3 +395,121 @@ async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("inferpick-lab").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sim_flags_parse() {
+        let cli = parse(&[
+            "sim",
+            "--workload",
+            "mixed",
+            "--pods",
+            "16",
+            "--policies",
+            "oracle,inferpick",
+            "--load",
+            "0.85",
+            "--seed",
+            "7",
+            "--staleness",
+            "50ms",
+            "--duration",
+            "2m",
+            "--json",
+            "out.json",
+        ])
+        .unwrap();
+        let Command::Sim(s) = cli.command else {
+            panic!("not sim")
+        };
+        assert_eq!(
+            s.policies,
+            [SimPolicy::Oracle, "inferpick".parse().unwrap()]
+        );
+        assert_eq!(s.load, Some(0.85));
+        assert_eq!(s.staleness, Duration::from_millis(50));
+        assert_eq!(s.duration, Some(Duration::from_secs(120)));
+        assert_eq!(s.pods, Some(16));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_the_value() {
+        let err = parse(&["sim", "--policies", "inferpick,fastest"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("fastest") && err.contains("--policies"),
+            "{err}"
+        );
+        let err = parse(&["sim", "--load=0"]).unwrap_err().to_string();
+        assert!(err.contains("--load") && err.contains("\"0\""), "{err}");
+        let err = parse(&["sim", "--staleness", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("soon"), "{err}");
+        let err = parse(&["emulate", "--engine", "ollama"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ollama") && err.contains("vllm"), "{err}");
+        assert!(
+            parse(&["load", "--rate", "5"]).is_err(),
+            "--url is required"
+        );
+    }
+
+    #[test]
+    fn emulate_load_and_demo_flags_parse() {
+        let Command::Emulate(e) = parse(&[
+            "emulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--engine",
+            "triton-trtllm",
+            "--model",
+            "m",
+            "--adapters",
+            "a,b",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not emulate")
+        };
+        assert_eq!(e.engine, EngineKind::TritonTrtllm);
+        assert_eq!(e.adapters, ["a", "b"]);
+        let Command::Load(l) = parse(&[
+            "load",
+            "--url",
+            "http://x",
+            "--rate",
+            "2.5",
+            "--duration",
+            "10s",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not load")
+        };
+        assert_eq!((l.rate, l.duration), (2.5, Duration::from_secs(10)));
+        let Command::Demo(d) = parse(&["demo", "--pods", "2", "--keep"]).unwrap().command else {
+            panic!("not demo")
+        };
+        assert!(d.keep);
+        assert_eq!(d.gateway, GatewayKind::Builtin);
+    }
+}
