@@ -38,9 +38,15 @@ fn decide(state: &AppState, request: &PickRequest, explain: bool) -> Result<Pick
             .metrics()
             .decision(&p.model, "routed", scheduler.policy(), seconds),
         Err(e) => {
+            // Shed and no-endpoint name a model some endpoint lists, except when the table is
+            // empty: then the name is the client's.
             let model = match e {
-                crate::scheduler::PickError::Shed { model, .. }
-                | crate::scheduler::PickError::NoReadyEndpoint { model, .. } => model.as_str(),
+                crate::scheduler::PickError::Shed { model, .. } => model.as_str(),
+                crate::scheduler::PickError::NoReadyEndpoint { model, .. }
+                    if !state.table().snapshot().is_empty() =>
+                {
+                    model.as_str()
+                }
                 _ => "",
             };
             state

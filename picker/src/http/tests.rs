@@ -346,10 +346,11 @@ async fn pick_returns_a_decision_and_counts_it_in_flight() {
 #[tokio::test]
 async fn pick_errors_have_their_codes_and_change_nothing() {
     let (state, app) = app();
-    // Empty table.
-    call(&app, json_req("/v1/pick", &json!({"model": MODEL})))
+    // Empty table: the client's model name does not become a label value.
+    call(&app, json_req("/v1/pick", &json!({"model": "made-up"})))
         .await
         .error(503, "no_ready_endpoint");
+    assert!(!state.render_metrics().contains("made-up"));
     push(
         &app,
         &[pod("10.0.0.1:8000", 9, 0.9), pod("10.0.0.2:8000", 6, 0.5)],

@@ -1,0 +1,131 @@
+//! The Gateway API Inference Extension's endpoint-picker protocol over Envoy ext_proc (gRPC on
+//! `--grpc-listen`), with the gRPC health service beside it.
+//!
+//! [`session`] holds the protocol (both request-body modes, the response path); this module
+//! connects it to the picker: decisions through the same code as `/v1/authz`, and the end of each
+//! stream closes its decision in the table exactly.
+
+pub mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use futures::Stream;
+use http::HeaderMap;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::service::AppState;
+use session::{Decide, Decided, Refusal, Session};
+
+/// The picker as a [`Decide`]: the same decisions as `/v1/authz`.
+#[derive(Clone)]
+pub struct PickerDecide {
+    state: AppState,
+}
+
+impl Decide for PickerDecide {
+    fn decide(&self, headers: &HeaderMap, body: &[u8], subset: Option<Vec<String>>) -> Result<Decided, Refusal> {
+        let refusal = |e: crate::http::ApiError| Refusal {
+            status: e.status().as_u16(),
+            retry_after: e.retry_after().map(|d| d.as_secs().max(1)),
+            body: session::error_json(e.code(), &e.to_string()),
+        };
+        crate::http::authorize(&self.state, headers, crate::service::Scope::Pick).map_err(refusal)?;
+        let mut request = crate::http::pick::authz_request(headers, body).map_err(refusal)?;
+        if subset.is_some() {
+            request.candidates = subset;
+        }
+        let pick = crate::http::pick::decide(&self.state, &request, false).map_err(refusal)?;
+        let extra = self.state.settings().extproc_fallbacks as usize;
+        let mut destination = pick.endpoint.to_string();
+        for f in pick.fallbacks.iter().take(extra) {
+            destination.push(',');
+            destination.push_str(f);
+        }
+        Ok(Decided {
+            destination,
+            decision_id: pick.decision_id,
+        })
+    }
+
+    fn first_byte(&self, _decision: uuid::Uuid, after: Duration) {
+        self.state.metrics().first_byte(after);
+    }
+
+    fn done(&self, decision: uuid::Uuid) {
+        self.state.table().done(decision.as_u128(), self.state.now());
+    }
+}
+
+/// The ext_proc service.
+#[derive(Clone)]
+pub struct ExtProc {
+    decide: PickerDecide,
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for ExtProc {
+    type ProcessStream = ResponseStream;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        // FULL_DUPLEX_STREAMED is what the protocol requires; Envoy's protocol_config overrides it.
+        let mut session = Session::new(self.decide.clone(), true);
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(msg)) => {
+                        for response in session.on_message(msg) {
+                            if tx.send(Ok(response)).await.is_err() {
+                                session.finish();
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!("ext_proc stream ended: {status}");
+                        break;
+                    }
+                }
+            }
+            session.finish();
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Serves ext_proc and gRPC health on `addr` until `shutdown` resolves.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ExternalProcessorServer<ExtProc>>().await;
+    let service = ExternalProcessorServer::new(ExtProc {
+        decide: PickerDecide { state },
+    });
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "ext_proc (endpoint-picker protocol) listening");
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(service)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+}
