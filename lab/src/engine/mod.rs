@@ -116,10 +116,7 @@ impl EngineConfig {
         let de = serde_norway::Deserializer::from_str(&text);
         let config: EngineConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let message = e.into_inner().to_string();
-            let message = message
-                .strip_prefix(&format!("{path}: "))
-                .map_or(message.clone(), str::to_string);
+            let message = crate::workload::without_path(&path, e.into_inner().to_string());
             ProfileError::Invalid {
                 file: file.clone(),
                 message: format!("{path}: {message}"),

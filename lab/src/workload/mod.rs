@@ -293,11 +293,7 @@ impl Workload {
         let de = serde_norway::Deserializer::from_str(text);
         let w: Workload = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let message = e.into_inner().to_string();
-            // serde_norway already starts its message with the path; say it once.
-            let message = message
-                .strip_prefix(&format!("{path}: "))
-                .map_or(message.clone(), str::to_string);
+            let message = without_path(&path, e.into_inner().to_string());
             WorkloadError::Parse {
                 file: file.to_string(),
                 path,
@@ -395,6 +391,15 @@ impl Workload {
             .max()
             .unwrap_or(0);
         (1..=most).map(adapter_name).collect()
+    }
+}
+
+/// serde_norway starts its messages with the path of the enclosing value; the error already names
+/// the (more precise) path, so say it once.
+pub(crate) fn without_path(path: &str, message: String) -> String {
+    match message.split_once(": ") {
+        Some((head, rest)) if !head.is_empty() && path.starts_with(head) => rest.to_string(),
+        _ => message,
     }
 }
 
