@@ -167,6 +167,10 @@ pub struct SimArgs {
     /// Also write the results as JSON to this file.
     #[arg(long, env = "INFERPICK_JSON")]
     pub json: Option<PathBuf>,
+    /// YAML engine profile for every pod (as `emulate --profile`); the workload's `pods` section
+    /// still sets `max_loras` and `kv_tokens`.
+    #[arg(long, env = "INFERPICK_PROFILE")]
+    pub profile: Option<PathBuf>,
 }
 
 /// Runs a parsed command line.
@@ -239,7 +243,17 @@ async fn emulate_command(args: EmulateArgs) -> anyhow::Result<()> {
 
 fn sim_command(args: SimArgs) -> anyhow::Result<()> {
     let workload = Workload::load(&args.workload)?;
-    let engine = EngineConfig::default();
+    let mut engine = match &args.profile {
+        Some(path) => EngineConfig::load(path)?,
+        None => EngineConfig::default(),
+    };
+    // Capacity is measured with the engine the pods will run.
+    if let Some(m) = workload.pods.max_loras {
+        engine.max_loras = m;
+    }
+    if let Some(k) = workload.pods.kv_tokens {
+        engine.kv_tokens = k;
+    }
     let pods = args.pods.unwrap_or(workload.pods.count);
     let capacity = capacity::per_pod(&workload, &engine, args.seed);
     let rate_per_pod = match args.load {
