@@ -31,12 +31,12 @@ pub struct Args {
     /// HTTP API and /metrics [default: 0.0.0.0:9000]
     #[arg(long, env = "INFERPICK_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
-    /// Envoy ext_proc (GIE endpoint-picker protocol), or `off` [default: 0.0.0.0:9002]. The ext_proc
-    /// server is served by a later release: this release validates and keeps the setting only.
+    /// Envoy ext_proc (the Gateway API Inference Extension's endpoint-picker protocol) and gRPC
+    /// health, or `off` [default: 0.0.0.0:9002]
     #[arg(long, env = "INFERPICK_GRPC_LISTEN", value_name = "ADDR|off")]
     pub grpc_listen: Option<String>,
-    /// ext_proc: how many fallbacks to append to the destination header (0 = primary only)
-    /// [default: 0]. Kept for the ext_proc server of a later release.
+    /// ext_proc: how many fallbacks to append to the destination header and `envoy.lb` metadata
+    /// (0 = the primary alone, what an ORIGINAL_DST cluster needs) [default: 0]
     #[arg(long, env = "INFERPICK_EXTPROC_FALLBACKS", value_name = "N")]
     pub extproc_fallbacks: Option<String>,
     /// If set, POST /v1/reports requires `Authorization: Bearer <token>`; re-read when it changes.

@@ -9,11 +9,14 @@
 //! - [`config`]: flags (`Args`) over the YAML file, resolved and validated into `Settings`.
 //! - [`service`]: `AppState` (table, scheduler, tokens, metrics), config reload, and [`run`].
 //! - [`http`]: `router(state)` — the HTTP API, its body limits, authentication and errors.
+//! - [`extproc`]: the Gateway API Inference Extension's endpoint-picker protocol (Envoy ext_proc)
+//!   on `--grpc-listen`, with the gRPC health service.
 //! - [`metrics`]: the `inferpick_picker_*` families in an explicit registry.
 //!
 //! The library and the service share one rule: the scheduler reads no clock and does no I/O, so the
 //! lab's simulator drives exactly the code the service runs.
 pub mod config;
+pub mod extproc;
 pub mod http;
 pub mod metrics;
 pub mod prefix;

@@ -46,6 +46,14 @@ pub struct Metrics {
     decision_duration: Histogram,
     reports: Family<ResultLabels, Counter>,
     info: Family<InfoLabels, Gauge>,
+    done: Family<DoneLabels, Counter>,
+    first_byte: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DoneLabels {
+    source: &'static str,
+    result: &'static str,
 }
 
 impl Metrics {
@@ -62,7 +70,20 @@ impl Metrics {
             decision_duration: Histogram::new(exponential_buckets(1e-6, 2.0, 20)),
             reports: Family::default(),
             info: Family::default(),
+            done: Family::default(),
+            // 5 ms … about 80 s.
+            first_byte: Histogram::new(exponential_buckets(0.005, 2.0, 15)),
         };
+        registry.register(
+            "inferpick_picker_done",
+            "Decisions closed by the end of their request, by source (http: POST /v1/done, extproc: the end of the stream) and result (closed, unknown)",
+            m.done.clone(),
+        );
+        registry.register(
+            "inferpick_picker_first_byte_seconds",
+            "Time from a decision to the first response body bytes through ext_proc (time to first token as the gateway sees it), in seconds",
+            m.first_byte.clone(),
+        );
         registry.register(
             "inferpick_picker_decisions",
             "Pick decisions by resolved model, outcome (routed, shed, no_endpoint, unknown_model, invalid) and policy",
@@ -101,6 +122,19 @@ impl Metrics {
             })
             .inc();
         self.decision_duration.observe(seconds);
+    }
+
+    /// Counts one decision closed by `source` (`http` or `extproc`).
+    pub fn done(&self, source: &'static str, closed: bool) {
+        let result = if closed { "closed" } else { "unknown" };
+        self.done
+            .get_or_create(&DoneLabels { source, result })
+            .inc();
+    }
+
+    /// Records the time from a decision to its response's first body bytes.
+    pub fn first_byte(&self, after: std::time::Duration) {
+        self.first_byte.observe(after.as_secs_f64());
     }
 
     /// Counts `n` reports with `result`.

@@ -284,6 +284,9 @@ pub enum RunError {
     /// Serving failed.
     #[error("serving HTTP failed: {0}")]
     Io(#[from] std::io::Error),
+    /// Serving ext_proc failed.
+    #[error("serving gRPC ext_proc failed: {0}")]
+    Grpc(#[source] tonic::transport::Error),
 }
 
 /// Aborts background tasks when the service stops.
@@ -318,10 +321,32 @@ pub async fn serve(
     if state.settings().config_file.is_some() {
         tasks.push(tokio::spawn(reload_on_sighup(state.clone())));
     }
+    // One shutdown signal for both listeners: each drains its own requests in flight.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tasks.push(tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    }));
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grpc = match state.settings().grpc_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            let serving = crate::extproc::serve(state.clone(), listener, wait(stopped.clone()));
+            Some(tokio::spawn(serving))
+        }
+        None => None,
+    };
     let _tasks = Tasks(tasks);
     axum::serve(listener, crate::http::router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(wait(stopped))
         .await?;
+    if let Some(grpc) = grpc
+        && let Ok(Err(e)) = grpc.await
+    {
+        return Err(RunError::Grpc(e));
+    }
     Ok(())
 }
 

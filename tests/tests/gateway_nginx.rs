@@ -70,6 +70,7 @@ async fn nginx_fail_open_routes_streams_sheds_and_survives_the_picker() {
     wait_for_port(addr, &mut nginx).await;
     routes_where_the_picker_says(&s, addr).await;
     streams_intact(&s, addr).await;
+    in_flight_closes_when_streams_end(&s, addr, "http").await;
     survives_the_picker_going_away(&mut s, addr, Failure::Open).await;
     sheds_only_sheddable_work_when_saturated(&s, addr).await;
 }

@@ -32,13 +32,19 @@ pub struct PickerDecide {
 }
 
 impl Decide for PickerDecide {
-    fn decide(&self, headers: &HeaderMap, body: &[u8], subset: Option<Vec<String>>) -> Result<Decided, Refusal> {
+    fn decide(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        subset: Option<Vec<String>>,
+    ) -> Result<Decided, Refusal> {
         let refusal = |e: crate::http::ApiError| Refusal {
             status: e.status().as_u16(),
             retry_after: e.retry_after().map(|d| d.as_secs().max(1)),
             body: session::error_json(e.code(), &e.to_string()),
         };
-        crate::http::authorize(&self.state, headers, crate::service::Scope::Pick).map_err(refusal)?;
+        crate::http::authorize(&self.state, headers, crate::service::Scope::Pick)
+            .map_err(refusal)?;
         let mut request = crate::http::pick::authz_request(headers, body).map_err(refusal)?;
         if subset.is_some() {
             request.candidates = subset;
@@ -61,7 +67,14 @@ impl Decide for PickerDecide {
     }
 
     fn done(&self, decision: uuid::Uuid) {
-        self.state.table().done(decision.as_u128(), self.state.now());
+        let outcome = self
+            .state
+            .table()
+            .done(decision.as_u128(), self.state.now());
+        self.state.metrics().done(
+            "extproc",
+            matches!(outcome, crate::table::DoneOutcome::Closed),
+        );
     }
 }
 
@@ -116,7 +129,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ExternalProcessorServer<ExtProc>>().await;
+    health
+        .set_serving::<ExternalProcessorServer<ExtProc>>()
+        .await;
     let service = ExternalProcessorServer::new(ExtProc {
         decide: PickerDecide { state },
     });
@@ -126,6 +141,9 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(service)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
         .await
 }

@@ -14,14 +14,16 @@
 
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option};
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
-use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody, HttpHeaders,
-    ImmediateResponse, ProcessingRequest, ProcessingResponse, StreamedBodyResponse, TrailersResponse,
-    body_mutation, processing_request::Request, processing_response::Response,
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option,
 };
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody,
+    HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse, StreamedBodyResponse,
+    TrailersResponse, body_mutation, processing_request::Request, processing_response::Response,
+};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use http::{HeaderMap, HeaderName, HeaderValue as HttpHeaderValue};
 
@@ -57,7 +59,12 @@ pub struct Refusal {
 /// What a session asks of the picker.
 pub trait Decide: Send + Sync + 'static {
     /// Decides for a request with these headers and body, restricted to `subset` when given.
-    fn decide(&self, headers: &HeaderMap, body: &[u8], subset: Option<Vec<String>>) -> Result<Decided, Refusal>;
+    fn decide(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        subset: Option<Vec<String>>,
+    ) -> Result<Decided, Refusal>;
     /// The response's first body chunk arrived `after` the decision.
     fn first_byte(&self, decision: uuid::Uuid, after: Duration);
     /// The request is over: close its in-flight accounting.
@@ -81,6 +88,8 @@ enum Phase {
 pub struct Session<D: Decide> {
     decide: D,
     streamed: bool,
+    /// Responses in FULL_DUPLEX_STREAMED mode: every chunk is sent back.
+    response_streamed: bool,
     phase: Phase,
     headers: HeaderMap,
     subset: Option<Vec<String>>,
@@ -96,6 +105,7 @@ impl<D: Decide> Session<D> {
         Session {
             decide,
             streamed,
+            response_streamed: streamed,
             phase: Phase::Start,
             headers: HeaderMap::new(),
             subset: None,
@@ -109,7 +119,9 @@ impl<D: Decide> Session<D> {
     /// The responses to one message from Envoy.
     pub fn on_message(&mut self, msg: ProcessingRequest) -> Vec<ProcessingResponse> {
         if let Some(pc) = &msg.protocol_config {
-            self.streamed = pc.request_body_mode == BodySendMode::FullDuplexStreamed as i32;
+            let duplex = BodySendMode::FullDuplexStreamed as i32;
+            self.streamed = pc.request_body_mode == duplex;
+            self.response_streamed = pc.response_body_mode == duplex;
         }
         if let Some(hint) = subset_from_metadata(&msg) {
             self.subset = Some(hint);
@@ -125,8 +137,13 @@ impl<D: Decide> Session<D> {
                 if self.phase == Phase::Collecting {
                     out = self.decide_now();
                 }
-                if !matches!(out.last().and_then(|r| r.response.as_ref()), Some(Response::ImmediateResponse(_))) {
-                    out.push(respond(Response::RequestTrailers(TrailersResponse::default())));
+                if !matches!(
+                    out.last().and_then(|r| r.response.as_ref()),
+                    Some(Response::ImmediateResponse(_))
+                ) {
+                    out.push(respond(Response::RequestTrailers(
+                        TrailersResponse::default(),
+                    )));
                 }
                 out
             }
@@ -134,12 +151,16 @@ impl<D: Decide> Session<D> {
                 if h.end_of_stream {
                     self.close();
                 }
-                vec![respond(Response::ResponseHeaders(HeadersResponse::default()))]
+                vec![respond(Response::ResponseHeaders(
+                    HeadersResponse::default(),
+                ))]
             }
             Request::ResponseBody(b) => self.on_response_body(b),
             Request::ResponseTrailers(_) => {
                 self.close();
-                vec![respond(Response::ResponseTrailers(TrailersResponse::default()))]
+                vec![respond(Response::ResponseTrailers(
+                    TrailersResponse::default(),
+                ))]
             }
         }
     }
@@ -161,7 +182,10 @@ impl<D: Decide> Session<D> {
         if h.end_of_stream {
             // No body (a GET): decide from the headers alone.
             return match self.run_decision() {
-                Ok(d) => vec![with_destination(Response::RequestHeaders(headers_mutation(&d)), &d)],
+                Ok(d) => vec![with_destination(
+                    Response::RequestHeaders(headers_mutation(&d)),
+                    &d,
+                )],
                 Err(r) => vec![immediate(&r)],
             };
         }
@@ -169,7 +193,9 @@ impl<D: Decide> Session<D> {
             self.phase = Phase::Collecting;
             Vec::new()
         } else {
-            vec![respond(Response::RequestHeaders(HeadersResponse::default()))]
+            vec![respond(
+                Response::RequestHeaders(HeadersResponse::default()),
+            )]
         }
     }
 
@@ -190,7 +216,9 @@ impl<D: Decide> Session<D> {
                 retry_after: None,
                 body: error_json(
                     "payload_too_large",
-                    &format!("the request body is larger than {MAX_BODY} bytes, the most the picker reads"),
+                    &format!(
+                        "the request body is larger than {MAX_BODY} bytes, the most the picker reads"
+                    ),
                 ),
             })];
         }
@@ -220,7 +248,9 @@ impl<D: Decide> Session<D> {
             Ok(d) => {
                 let common = common_with_destination(&d);
                 vec![with_destination(
-                    Response::RequestBody(BodyResponse { response: Some(common) }),
+                    Response::RequestBody(BodyResponse {
+                        response: Some(common),
+                    }),
                     &d,
                 )]
             }
@@ -230,7 +260,9 @@ impl<D: Decide> Session<D> {
 
     fn run_decision(&mut self) -> Result<Decided, Refusal> {
         self.phase = Phase::Decided;
-        let d = self.decide.decide(&self.headers, &self.body, self.subset.clone())?;
+        let d = self
+            .decide
+            .decide(&self.headers, &self.body, self.subset.clone())?;
         self.decision = Some((d.decision_id, Instant::now()));
         Ok(d)
     }
@@ -244,7 +276,7 @@ impl<D: Decide> Session<D> {
             self.decide.first_byte(id, at.elapsed());
         }
         let eos = b.end_of_stream;
-        let out = if self.streamed {
+        let out = if self.response_streamed {
             streamed(Response::ResponseBody, b.body, eos)
         } else {
             respond(Response::ResponseBody(BodyResponse::default()))
@@ -272,15 +304,21 @@ fn respond(response: Response) -> ProcessingResponse {
     }
 }
 
-fn streamed(wrap: fn(BodyResponse) -> Response, body: Vec<u8>, end_of_stream: bool) -> ProcessingResponse {
+fn streamed(
+    wrap: fn(BodyResponse) -> Response,
+    body: Vec<u8>,
+    end_of_stream: bool,
+) -> ProcessingResponse {
     respond(wrap(BodyResponse {
         response: Some(CommonResponse {
             body_mutation: Some(BodyMutation {
-                mutation: Some(body_mutation::Mutation::StreamedResponse(StreamedBodyResponse {
-                    body,
-                    end_of_stream,
-                    ..StreamedBodyResponse::default()
-                })),
+                mutation: Some(body_mutation::Mutation::StreamedResponse(
+                    StreamedBodyResponse {
+                        body,
+                        end_of_stream,
+                        ..StreamedBodyResponse::default()
+                    },
+                )),
             }),
             ..CommonResponse::default()
         }),
@@ -326,7 +364,9 @@ fn with_destination(response: Response, d: &Decided) -> ProcessingResponse {
         kind: Some(Kind::StringValue(s.to_string())),
     };
     let lb = Struct {
-        fields: [(DESTINATION.to_string(), string(&d.destination))].into_iter().collect(),
+        fields: [(DESTINATION.to_string(), string(&d.destination))]
+            .into_iter()
+            .collect(),
     };
     ProcessingResponse {
         response: Some(response),
@@ -350,7 +390,9 @@ fn immediate(r: &Refusal) -> ProcessingResponse {
         headers.push(set_header("retry-after", &s.to_string()));
     }
     respond(Response::ImmediateResponse(ImmediateResponse {
-        status: Some(HttpStatus { code: i32::from(r.status) }),
+        status: Some(HttpStatus {
+            code: i32::from(r.status),
+        }),
         headers: Some(HeaderMutation {
             set_headers: headers,
             ..HeaderMutation::default()
@@ -371,7 +413,11 @@ pub fn error_json(code: &str, message: &str) -> Vec<u8> {
 }
 
 fn split_list(s: &str) -> Vec<String> {
-    s.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_string).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Envoy's headers as an `http::HeaderMap`; pseudo-headers and invalid ones are skipped.
@@ -386,7 +432,10 @@ fn to_header_map(h: &HttpHeaders) -> HeaderMap {
         } else {
             &hv.raw_value
         };
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(hv.key.as_bytes()), HttpHeaderValue::from_bytes(value)) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(hv.key.as_bytes()),
+            HttpHeaderValue::from_bytes(value),
+        ) {
             map.append(name, value);
         }
     }
@@ -396,7 +445,11 @@ fn to_header_map(h: &HttpHeaders) -> HeaderMap {
 /// The subset hint in metadata: `envoy.lb.subset_hint` → `x-gateway-destination-endpoint-subset`,
 /// a list of strings (or one comma-separated string).
 fn subset_from_metadata(msg: &ProcessingRequest) -> Option<Vec<String>> {
-    let ns = msg.metadata_context.as_ref()?.filter_metadata.get(SUBSET_NAMESPACE)?;
+    let ns = msg
+        .metadata_context
+        .as_ref()?
+        .filter_metadata
+        .get(SUBSET_NAMESPACE)?;
     match ns.fields.get(SUBSET)?.kind.as_ref()? {
         Kind::ListValue(ListValue { values }) => Some(
             values

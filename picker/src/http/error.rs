@@ -62,6 +62,16 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// When a shed request may be retried.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ApiError::Pick(PickError::Shed { retry_after, .. }) => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {

@@ -3,7 +3,7 @@
 mod endpoints;
 mod error;
 mod ops;
-mod pick;
+pub(crate) mod pick;
 mod reports;
 
 use axum::Router;
@@ -81,7 +81,11 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Checks `Authorization: Bearer <token>` when `scope` has a token configured.
-fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
+pub(crate) fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: Scope,
+) -> Result<(), ApiError> {
     let Some(expected) = state.token(scope) else {
         return Ok(());
     };

@@ -22,7 +22,11 @@ pub const FALLBACKS: HeaderName = HeaderName::from_static("x-inferpick-fallbacks
 pub const DECISION_ID: HeaderName = HeaderName::from_static("x-inferpick-decision-id");
 
 /// Runs the scheduler and counts the outcome.
-fn decide(state: &AppState, request: &PickRequest, explain: bool) -> Result<Pick, ApiError> {
+pub(crate) fn decide(
+    state: &AppState,
+    request: &PickRequest,
+    explain: bool,
+) -> Result<Pick, ApiError> {
     let scheduler = state.scheduler();
     let started = Instant::now();
     let now = state.now();
@@ -112,13 +116,22 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Api
 }
 
 /// Builds a pick request from the gateway's headers (and `model` from a JSON body, if any).
-fn authz_request(headers: &HeaderMap, body: &[u8]) -> Result<PickRequest, ApiError> {
+pub(crate) fn authz_request(headers: &HeaderMap, body: &[u8]) -> Result<PickRequest, ApiError> {
+    // An OpenAI body, when the gateway sends one (Envoy ext_authz with_request_body, ext_proc).
+    let json = serde_json::from_slice::<serde_json::Value>(body).ok();
     let model = match header(headers, "x-gateway-model-name")? {
         Some(m) => Some(m.to_string()),
-        None => serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
+        None => json
+            .as_ref()
             .and_then(|v| v.get("model")?.as_str().map(str::to_string)),
     };
+    let prompt = json.as_ref().and_then(openai_prompt);
+    let max_tokens = json.as_ref().and_then(|v| {
+        let n = v
+            .get("max_tokens")
+            .or_else(|| v.get("max_completion_tokens"))?;
+        u32::try_from(n.as_u64()?).ok()
+    });
     let priority = header(headers, "x-inferpick-priority")?
         .map(|p| {
             p.parse::<i32>().map_err(|_| {
@@ -139,8 +152,42 @@ fn authz_request(headers: &HeaderMap, body: &[u8]) -> Result<PickRequest, ApiErr
         objective: header(headers, "x-gateway-inference-objective")?.map(str::to_string),
         session: header(headers, "x-session-id")?.map(str::to_string),
         candidates,
+        prompt,
+        max_tokens,
         ..PickRequest::default()
     })
+}
+
+/// The prompt text of an OpenAI completions (`prompt`) or chat (`messages[].content`) body.
+fn openai_prompt(body: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    fn text(v: &Value, out: &mut String) {
+        match v {
+            Value::String(s) => out.push_str(s),
+            // Completions take a list of prompts; chat content may be a list of typed parts.
+            Value::Array(items) => items.iter().for_each(|i| match i {
+                Value::Object(part) => {
+                    if let Some(t) = part.get("text") {
+                        text(t, out);
+                    }
+                }
+                other => text(other, out),
+            }),
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    if let Some(p) = body.get("prompt") {
+        text(p, &mut out);
+    } else if let Some(Value::Array(messages)) = body.get("messages") {
+        for m in messages {
+            if let Some(c) = m.get("content") {
+                text(c, &mut out);
+                out.push('\n');
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 pub(super) async fn authz(
@@ -194,6 +241,39 @@ pub(super) async fn done(
         )));
     }
     // An unknown id is not an error: the decision may have been closed already or dropped for memory.
-    state.table().done(id.as_u128(), state.now());
+    let outcome = state.table().done(id.as_u128(), state.now());
+    state
+        .metrics()
+        .done("http", matches!(outcome, crate::table::DoneOutcome::Closed));
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+
+    #[test]
+    fn authz_reads_model_prompt_and_max_tokens_from_openai_bodies() {
+        let chat = br#"{"model":"m","max_completion_tokens":64,"messages":[
+            {"role":"system","content":"You are terse."},
+            {"role":"user","content":[{"type":"text","text":"Hi"}]}]}"#;
+        let r = authz_request(&HeaderMap::new(), chat).unwrap();
+        assert_eq!(r.model.as_deref(), Some("m"));
+        assert_eq!(r.prompt.as_deref(), Some("You are terse.\nHi\n"));
+        assert_eq!(r.max_tokens, Some(64));
+
+        let completion = br#"{"model":"m","prompt":["a","b"],"max_tokens":7}"#;
+        let r = authz_request(&HeaderMap::new(), completion).unwrap();
+        assert_eq!(r.prompt.as_deref(), Some("ab"));
+        assert_eq!(r.max_tokens, Some(7));
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-gateway-model-name",
+            HeaderValue::from_static("header-wins"),
+        );
+        let r = authz_request(&headers, b"not json").unwrap();
+        assert_eq!(r.model.as_deref(), Some("header-wins"));
+        assert_eq!(r.prompt, None);
+    }
 }

@@ -31,6 +31,8 @@ pub enum Failure {
 /// A picker in this process on a fixed port, which the test stops and starts again.
 pub struct Picker {
     pub addr: SocketAddr,
+    /// ext_proc (gRPC).
+    pub grpc: SocketAddr,
     config: std::path::PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -42,8 +44,12 @@ impl Picker {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
             .parse()
             .unwrap();
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
+            .parse()
+            .unwrap();
         let mut p = Picker {
             addr,
+            grpc,
             config,
             stop: None,
             task: None,
@@ -67,7 +73,7 @@ impl Picker {
             "inferpick-picker".to_owned(),
             format!("--config={}", self.config.display()),
             format!("--listen={}", self.addr),
-            "--grpc-listen=off".to_owned(),
+            format!("--grpc-listen={}", self.grpc),
         ])
         .unwrap();
         let settings = inferpick_picker::Settings::from_args(args).unwrap();
@@ -431,4 +437,47 @@ pub fn command(program: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(program);
     c.args(args);
     c
+}
+
+/// The value of one series on the controlled picker's `/metrics` (0 when absent).
+pub async fn picker_metric(s: &Setup, series: &str) -> f64 {
+    let text = s
+        .http
+        .get(format!("http://{}/metrics", s.picker.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Every request through the gateway closes its decision once its response ends (the picker
+/// counts closings by where they came from).
+pub async fn in_flight_closes_when_streams_end(s: &Setup, gateway: SocketAddr, source: &str) {
+    let series = format!("inferpick_picker_done_total{{source=\"{source}\",result=\"closed\"}}");
+    let before = picker_metric(s, &series).await;
+    for stream in [false, true, false, true] {
+        let (status, body, _) = s.complete(gateway, &[], 3, stream).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let start = std::time::Instant::now();
+    while picker_metric(s, &series).await < before + 4.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "decisions not closed: {series} went from {before} to {}",
+            picker_metric(s, &series).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

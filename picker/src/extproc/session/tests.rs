@@ -7,10 +7,13 @@ use envoy_types::pb::envoy::service::ext_proc::v3::ProtocolConfiguration;
 
 use super::*;
 
+/// What the fake was asked: headers, body, subset.
+type Asked = Arc<Mutex<Vec<(HeaderMap, Vec<u8>, Option<Vec<String>>)>>>;
+
 #[derive(Clone, Default)]
 struct Fake {
     refuse: Option<Refusal>,
-    seen: Arc<Mutex<Vec<(HeaderMap, Vec<u8>, Option<Vec<String>>)>>>,
+    seen: Asked,
     done: Arc<Mutex<Vec<uuid::Uuid>>>,
     first: Arc<Mutex<u32>>,
 }
@@ -18,8 +21,16 @@ struct Fake {
 const ID: uuid::Uuid = uuid::Uuid::from_u128(7);
 
 impl Decide for Fake {
-    fn decide(&self, headers: &HeaderMap, body: &[u8], subset: Option<Vec<String>>) -> Result<Decided, Refusal> {
-        self.seen.lock().unwrap().push((headers.clone(), body.to_vec(), subset));
+    fn decide(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        subset: Option<Vec<String>>,
+    ) -> Result<Decided, Refusal> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((headers.clone(), body.to_vec(), subset));
         match &self.refuse {
             Some(r) => Err(r.clone()),
             None => Ok(Decided {
@@ -83,12 +94,21 @@ fn destination_of(r: &ProcessingResponse) -> Option<String> {
         _ => return None,
     };
     let set = &common.header_mutation.as_ref()?.set_headers;
-    let h = set.iter().find(|h| h.header.as_ref().unwrap().key == DESTINATION)?;
+    let h = set
+        .iter()
+        .find(|h| h.header.as_ref().unwrap().key == DESTINATION)?;
     let header = String::from_utf8(h.header.as_ref()?.raw_value.clone()).ok()?;
     let lb = &r.dynamic_metadata.as_ref()?.fields.get(LB_NAMESPACE)?.kind;
-    let Some(Kind::StructValue(lb)) = lb else { return None };
-    let Some(Kind::StringValue(meta)) = &lb.fields.get(DESTINATION)?.kind else { return None };
-    assert_eq!(&header, meta, "header and envoy.lb metadata must carry the same value");
+    let Some(Kind::StructValue(lb)) = lb else {
+        return None;
+    };
+    let Some(Kind::StringValue(meta)) = &lb.fields.get(DESTINATION)?.kind else {
+        return None;
+    };
+    assert_eq!(
+        &header, meta,
+        "header and envoy.lb metadata must carry the same value"
+    );
     Some(header)
 }
 
@@ -109,14 +129,27 @@ const BODY: &[u8] = br#"{"model":"m","prompt":"hello"}"#;
 fn streamed_mode_holds_the_headers_until_the_body_is_complete() {
     let fake = Fake::default();
     let mut s = Session::new(fake.clone(), false);
-    let first = with_mode(headers(&[("x-gateway-model-name", "m")], false), BodySendMode::FullDuplexStreamed);
-    assert!(s.on_message(first).is_empty(), "headers answered before the body");
-    assert!(s.on_message(body(Request::RequestBody, &BODY[..10], false)).is_empty());
+    let first = with_mode(
+        headers(&[("x-gateway-model-name", "m")], false),
+        BodySendMode::FullDuplexStreamed,
+    );
+    assert!(
+        s.on_message(first).is_empty(),
+        "headers answered before the body"
+    );
+    assert!(
+        s.on_message(body(Request::RequestBody, &BODY[..10], false))
+            .is_empty()
+    );
     let out = s.on_message(body(Request::RequestBody, &BODY[10..], true));
     assert_eq!(out.len(), 2);
     assert_eq!(destination_of(&out[0]).as_deref(), Some("10.0.0.7:8000"));
     assert!(matches!(out[0].response, Some(Response::RequestHeaders(_))));
-    assert_eq!(streamed_body(&out[1]), Some((BODY.to_vec(), true)), "the body goes on unchanged");
+    assert_eq!(
+        streamed_body(&out[1]),
+        Some((BODY.to_vec(), true)),
+        "the body goes on unchanged"
+    );
     let seen = fake.seen.lock().unwrap();
     assert_eq!(seen[0].1, BODY);
     assert_eq!(seen[0].0["x-gateway-model-name"], "m");
@@ -156,13 +189,21 @@ fn refusals_are_immediate_responses_with_status_and_retry_after() {
     let mut s = Session::new(fake.clone(), true);
     s.on_message(headers(&[], false));
     let out = s.on_message(body(Request::RequestBody, BODY, true));
-    let Some(Response::ImmediateResponse(r)) = &out[0].response else { panic!("{out:?}") };
+    let Some(Response::ImmediateResponse(r)) = &out[0].response else {
+        panic!("{out:?}")
+    };
     assert_eq!(r.status.as_ref().unwrap().code, 429);
     let set = &r.headers.as_ref().unwrap().set_headers;
-    assert!(set.iter().any(|h| { let h = h.header.as_ref().unwrap(); h.key == "retry-after" && h.raw_value == b"2" }));
+    assert!(set.iter().any(|h| {
+        let h = h.header.as_ref().unwrap();
+        h.key == "retry-after" && h.raw_value == b"2"
+    }));
     assert!(String::from_utf8_lossy(&r.body).contains("\"shed\""));
     s.finish();
-    assert!(fake.done.lock().unwrap().is_empty(), "a refused request has no decision to close");
+    assert!(
+        fake.done.lock().unwrap().is_empty(),
+        "a refused request has no decision to close"
+    );
 }
 
 #[test]
@@ -172,21 +213,34 @@ fn the_subset_hint_comes_from_metadata_or_the_header() {
     let mut msg = headers(&[], true);
     let list = Value {
         kind: Some(Kind::ListValue(ListValue {
-            values: vec![Value { kind: Some(Kind::StringValue("10.0.0.1:8000".into())) }],
+            values: vec![Value {
+                kind: Some(Kind::StringValue("10.0.0.1:8000".into())),
+            }],
         })),
     };
     msg.metadata_context = Some(Metadata {
-        filter_metadata: [(SUBSET_NAMESPACE.to_string(), Struct { fields: [(SUBSET.to_string(), list)].into_iter().collect() })]
-            .into_iter()
-            .collect(),
+        filter_metadata: [(
+            SUBSET_NAMESPACE.to_string(),
+            Struct {
+                fields: [(SUBSET.to_string(), list)].into_iter().collect(),
+            },
+        )]
+        .into_iter()
+        .collect(),
         ..Metadata::default()
     });
     s.on_message(msg);
     let mut s2 = Session::new(fake.clone(), true);
     s2.on_message(headers(&[(SUBSET, "10.0.0.2:8000, 10.0.0.3:8000")], true));
     let seen = fake.seen.lock().unwrap();
-    assert_eq!(seen[0].2.as_deref(), Some(&["10.0.0.1:8000".to_string()][..]));
-    assert_eq!(seen[1].2.as_deref(), Some(&["10.0.0.2:8000".to_string(), "10.0.0.3:8000".to_string()][..]));
+    assert_eq!(
+        seen[0].2.as_deref(),
+        Some(&["10.0.0.1:8000".to_string()][..])
+    );
+    assert_eq!(
+        seen[1].2.as_deref(),
+        Some(&["10.0.0.2:8000".to_string(), "10.0.0.3:8000".to_string()][..])
+    );
 }
 
 #[test]
@@ -194,15 +248,26 @@ fn the_response_path_is_echoed_and_closes_the_decision_once() {
     let fake = Fake::default();
     let mut s = Session::new(fake.clone(), true);
     s.on_message(headers(&[], true));
-    let out = s.on_message(headers(&[(":status", "200")], false).map_request(Request::ResponseHeaders));
-    assert!(matches!(out[0].response, Some(Response::ResponseHeaders(_))));
+    let out =
+        s.on_message(headers(&[(":status", "200")], false).map_request(Request::ResponseHeaders));
+    assert!(matches!(
+        out[0].response,
+        Some(Response::ResponseHeaders(_))
+    ));
     let out = s.on_message(body(Request::ResponseBody, b"data: 1\n\n", false));
-    assert_eq!(streamed_body(&out[0]), Some((b"data: 1\n\n".to_vec(), false)));
+    assert_eq!(
+        streamed_body(&out[0]),
+        Some((b"data: 1\n\n".to_vec(), false))
+    );
     assert_eq!(*fake.first.lock().unwrap(), 1);
     s.on_message(body(Request::ResponseBody, b"data: [DONE]\n\n", true));
     s.finish();
     assert_eq!(*fake.done.lock().unwrap(), vec![ID]);
-    assert_eq!(*fake.first.lock().unwrap(), 1, "only the first chunk is the first token");
+    assert_eq!(
+        *fake.first.lock().unwrap(),
+        1,
+        "only the first chunk is the first token"
+    );
 }
 
 #[test]
@@ -221,7 +286,9 @@ fn oversized_bodies_are_refused_with_413() {
     s.on_message(headers(&[], false));
     let big = vec![b'x'; MAX_BODY + 1];
     let out = s.on_message(body(Request::RequestBody, &big, false));
-    let Some(Response::ImmediateResponse(r)) = &out[0].response else { panic!() };
+    let Some(Response::ImmediateResponse(r)) = &out[0].response else {
+        panic!()
+    };
     assert_eq!(r.status.as_ref().unwrap().code, 413);
     assert!(fake.seen.lock().unwrap().is_empty());
 }
@@ -237,4 +304,25 @@ impl MapRequest for ProcessingRequest {
         }
         self
     }
+}
+
+#[test]
+fn streamed_responses_to_buffered_requests_are_not_echoed() {
+    let fake = Fake::default();
+    let mut s = Session::new(fake.clone(), true);
+    let mut first = headers(&[], false);
+    first.protocol_config = Some(ProtocolConfiguration {
+        request_body_mode: BodySendMode::Buffered as i32,
+        response_body_mode: BodySendMode::Streamed as i32,
+        ..ProtocolConfiguration::default()
+    });
+    s.on_message(first);
+    s.on_message(body(Request::RequestBody, BODY, true));
+    let out = s.on_message(body(Request::ResponseBody, b"data: 1\n\n", true));
+    assert!(
+        streamed_body(&out[0]).is_none(),
+        "STREAMED mode takes a plain answer, not a streamed body"
+    );
+    assert!(matches!(out[0].response, Some(Response::ResponseBody(_))));
+    assert_eq!(*fake.done.lock().unwrap(), vec![ID]);
 }
