@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -79,11 +79,9 @@ pub struct Inflight {
     pub prompt_tokens: u64,
 }
 
-/// Per-endpoint state that outlives a single report.
-#[derive(Debug)]
-pub(crate) struct Live {
-    /// Small stable id, used as the prefix index's key.
-    pub(crate) id: u32,
+/// The counters of one endpoint that change between reports.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
     inflight_requests: AtomicU64,
     inflight_tokens: AtomicU64,
     /// Bumped by every accepted report: decisions of an older epoch are already in the engine's counts.
@@ -91,21 +89,84 @@ pub(crate) struct Live {
     routed_total: AtomicU64,
 }
 
-impl Live {
-    fn new(id: u32) -> Self {
+/// Endpoints per [`CounterChunk`].
+const CHUNK: usize = 1024;
+
+/// The counters of [`CHUNK`] consecutive endpoint ids, side by side: a pick reading the in-flight
+/// estimate of every endpoint touches one small dense array instead of one allocation each.
+#[derive(Debug)]
+pub(crate) struct CounterChunk {
+    cells: Box<[Counters]>,
+}
+
+impl CounterChunk {
+    fn new() -> Self {
         Self {
-            id,
-            inflight_requests: AtomicU64::new(0),
-            inflight_tokens: AtomicU64::new(0),
-            epoch: AtomicU64::new(0),
-            routed_total: AtomicU64::new(0),
+            cells: (0..CHUNK).map(|_| Counters::default()).collect(),
+        }
+    }
+}
+
+/// Per-endpoint state that outlives a single report: its id and its counters.
+#[derive(Debug, Clone)]
+pub(crate) struct Live {
+    /// Small stable id, used as the prefix index's key. Reused after the endpoint is forgotten.
+    pub(crate) id: u32,
+    chunk: Arc<CounterChunk>,
+}
+
+impl Live {
+    #[inline]
+    fn counters(&self) -> &Counters {
+        &self.chunk.cells[self.id as usize % CHUNK]
+    }
+
+    #[inline]
+    pub(crate) fn inflight(&self) -> Inflight {
+        let c = self.counters();
+        Inflight {
+            requests: c.inflight_requests.load(Ordering::Acquire),
+            prompt_tokens: c.inflight_tokens.load(Ordering::Acquire),
         }
     }
 
+    /// Starts a new epoch: nothing routed before it counts as in flight any more.
     fn close_epoch(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.inflight_requests.store(0, Ordering::Release);
-        self.inflight_tokens.store(0, Ordering::Release);
+        let c = self.counters();
+        c.epoch.fetch_add(1, Ordering::AcqRel);
+        c.inflight_requests.store(0, Ordering::Release);
+        c.inflight_tokens.store(0, Ordering::Release);
+    }
+}
+
+/// Hands out endpoint ids and their counters; ids of forgotten endpoints are reused, so memory
+/// follows the number of endpoints in the table, not the number ever seen.
+#[derive(Debug, Default)]
+struct Ids {
+    next: u32,
+    free: Vec<u32>,
+    chunks: Vec<Arc<CounterChunk>>,
+}
+
+impl Ids {
+    fn take(&mut self) -> Live {
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        });
+        let chunk = id as usize / CHUNK;
+        while self.chunks.len() <= chunk {
+            self.chunks.push(Arc::new(CounterChunk::new()));
+        }
+        let live = Live {
+            id,
+            chunk: self.chunks[chunk].clone(),
+        };
+        // A reused id starts afresh; the epoch only grows, so decisions made for the forgotten
+        // endpoint cannot undo anything when their `done` arrives.
+        live.close_epoch();
+        live.counters().routed_total.store(0, Ordering::Relaxed);
+        live
     }
 }
 
@@ -181,8 +242,6 @@ pub(crate) fn model_key(name: &str) -> u128 {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Signals {
     pub(crate) ready: bool,
-    pub(crate) waiting: u64,
-    pub(crate) running: u64,
     pub(crate) kv: Option<f64>,
     pub(crate) kv_capacity_tokens: Option<u64>,
 }
@@ -212,8 +271,6 @@ impl Endpoint {
         let load = &report.load;
         let signals = Signals {
             ready: report.engine.ready,
-            waiting: load.requests_waiting.unwrap_or(0).into(),
-            running: load.requests_running.unwrap_or(0).into(),
             kv: load.kv_cache_utilization,
             kv_capacity_tokens: load.kv_cache_capacity_tokens,
         };
@@ -246,15 +303,12 @@ impl Endpoint {
 
     /// The in-flight estimate now.
     pub fn inflight(&self) -> Inflight {
-        Inflight {
-            requests: self.live.inflight_requests.load(Ordering::Acquire),
-            prompt_tokens: self.live.inflight_tokens.load(Ordering::Acquire),
-        }
+        self.live.inflight()
     }
 
     /// Decisions routed here since the endpoint entered the table.
     pub fn routed_total(&self) -> u64 {
-        self.live.routed_total.load(Ordering::Relaxed)
+        self.live.counters().routed_total.load(Ordering::Relaxed)
     }
 
     /// The model entry this endpoint lists under `name` (base model or adapter), if any.
@@ -315,10 +369,111 @@ impl IngestError {
     }
 }
 
+/// What a pick reads of one endpoint, copied out of its report when the shard is published and
+/// laid out contiguously, shard by shard: a pick over thousands of endpoints is then a linear scan
+/// of small records that never dereferences an endpoint unless a filter or an adapter needs it.
+#[derive(Debug, Clone)]
+pub(crate) struct Hot {
+    /// Key of the first model the endpoint lists (`0` when it lists none).
+    pub(crate) model: u128,
+    /// The first model is a LoRA adapter.
+    pub(crate) model_is_adapter: bool,
+    /// It lists more than one model: other keys are in the endpoint's [`ModelKeys`].
+    pub(crate) more_models: bool,
+    pub(crate) ready: bool,
+    /// Arrival of its report, in nanoseconds on the picker's clock.
+    pub(crate) arrived_ns: u64,
+    pub(crate) waiting: u32,
+    pub(crate) running: u32,
+    /// KV cache utilization; NaN when not reported.
+    pub(crate) kv: f64,
+    /// KV capacity in tokens; 0 when unknown (the cost treats both alike).
+    pub(crate) kv_capacity_tokens: u64,
+    /// Peak prompt throughput (tokens/s); 0 when never reported.
+    pub(crate) peak_prompt_tokens_per_second: f64,
+    pub(crate) counters: Live,
+}
+
+impl Hot {
+    fn of(e: &Endpoint) -> Self {
+        let keys = &e.model_keys;
+        Self {
+            model: if keys.len > 0 { keys.first[0] } else { 0 },
+            model_is_adapter: keys.adapters & 1 != 0,
+            more_models: keys.len > 1,
+            ready: e.signals.ready,
+            arrived_ns: duration_ns(e.arrived_at),
+            waiting: e.report.load.requests_waiting.unwrap_or(0),
+            running: e.report.load.requests_running.unwrap_or(0),
+            kv: e.signals.kv.unwrap_or(f64::NAN),
+            kv_capacity_tokens: e.signals.kv_capacity_tokens.unwrap_or(0),
+            peak_prompt_tokens_per_second: e.peak_prompt_tokens_per_second.unwrap_or(0.0),
+            counters: (*e.live).clone(),
+        }
+    }
+
+    /// Whether the endpoint serves the model with key `key` (and if so whether as an adapter);
+    /// `entry` is the endpoint itself, read only when it lists several models.
+    #[inline]
+    pub(crate) fn serves(&self, key: u128, entry: &Endpoint) -> Option<bool> {
+        if self.model == key {
+            Some(self.model_is_adapter)
+        } else if self.more_models {
+            entry.serves(key)
+        } else {
+            None
+        }
+    }
+
+    /// Ready, stale or not ready, as of `now_ns` — the same rule as [`Endpoint::state`].
+    #[inline]
+    pub(crate) fn state(&self, now_ns: u64, max_report_age_ns: u64) -> EndpointState {
+        if now_ns.saturating_sub(self.arrived_ns) > max_report_age_ns {
+            EndpointState::Stale
+        } else if !self.ready {
+            EndpointState::NotReady
+        } else {
+            EndpointState::Ready
+        }
+    }
+
+    /// KV utilization as reported, if it was.
+    #[inline]
+    pub(crate) fn kv(&self) -> Option<f64> {
+        (!self.kv.is_nan()).then_some(self.kv)
+    }
+
+    /// The in-flight estimate now.
+    #[inline]
+    pub(crate) fn inflight(&self) -> Inflight {
+        self.counters.inflight()
+    }
+}
+
+/// A duration in whole nanoseconds, saturating (u64 nanoseconds span 584 years).
+pub(crate) fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One shard as published: its endpoints sorted by address, and their [`Hot`] records in the same
+/// order. Immutable; a write publishes a new one.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ShardView {
+    pub(crate) entries: Vec<Arc<Endpoint>>,
+    pub(crate) hot: Vec<Hot>,
+}
+
+impl ShardView {
+    fn new(entries: Vec<Arc<Endpoint>>) -> Self {
+        let hot = entries.iter().map(|e| Hot::of(e)).collect();
+        Self { entries, hot }
+    }
+}
+
 /// An immutable view of the whole table.
 #[derive(Debug)]
 pub struct Snapshot {
-    shards: Vec<Arc<Vec<Arc<Endpoint>>>>,
+    pub(crate) shards: Vec<Arc<ShardView>>,
     /// The staleness bound in force when the snapshot was taken.
     pub max_report_age: Duration,
 }
@@ -326,26 +481,31 @@ pub struct Snapshot {
 impl Snapshot {
     /// Every endpoint, in a stable order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
-        self.shards.iter().flat_map(|s| s.iter())
+        self.shards.iter().flat_map(|s| s.entries.iter())
     }
 
     /// How many endpoints the table holds.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.len()).sum()
+        self.shards.iter().map(|s| s.entries.len()).sum()
     }
 
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
-        self.shards.iter().all(|s| s.is_empty())
+        self.shards.iter().all(|s| s.entries.is_empty())
     }
 
     /// The endpoint at `address`.
     pub fn get(&self, address: &str) -> Option<&Arc<Endpoint>> {
-        let shard = &self.shards[shard_of(address)];
+        let shard = &self.shards[shard_of(address)].entries;
         shard
             .binary_search_by(|e| (*e.address).cmp(address))
             .ok()
             .map(|i| &shard[i])
+    }
+
+    /// The endpoint at position `index` of shard `shard`, as the scheduler's scan numbers them.
+    pub(crate) fn entry(&self, shard: u32, index: u32) -> &Arc<Endpoint> {
+        &self.shards[shard as usize].entries[index as usize]
     }
 }
 
@@ -353,10 +513,9 @@ fn shard_of(address: &str) -> usize {
     (name_hash(address) % SHARDS as u64) as usize
 }
 
-#[derive(Debug)]
+/// Serializes the writers of one shard; readers never take it.
+#[derive(Debug, Default)]
 struct Shard {
-    current: ArcSwap<Vec<Arc<Endpoint>>>,
-    /// Serializes writers of this shard; readers never take it.
     write: Mutex<()>,
 }
 
@@ -388,9 +547,13 @@ pub enum DoneOutcome {
 pub struct Table {
     config: ArcSwap<TableConfig>,
     shards: Box<[Shard]>,
+    /// The whole table as last published: a pick takes it with one atomic load.
+    published: ArcSwap<Snapshot>,
+    /// Serializes publishing (taken after a shard's writer lock, never before).
+    publish: Mutex<()>,
     decisions: Mutex<OpenDecisions>,
     prefix: Mutex<PrefixIndex>,
-    next_id: AtomicU32,
+    ids: Mutex<Ids>,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical section
@@ -404,16 +567,16 @@ impl Table {
     pub fn new(config: TableConfig) -> Self {
         let prefix = PrefixIndex::new(config.prefix_blocks_per_endpoint);
         Self {
+            published: ArcSwap::from_pointee(Snapshot {
+                shards: (0..SHARDS).map(|_| Arc::default()).collect(),
+                max_report_age: config.max_report_age,
+            }),
             config: ArcSwap::from_pointee(config),
-            shards: (0..SHARDS)
-                .map(|_| Shard {
-                    current: ArcSwap::from_pointee(Vec::new()),
-                    write: Mutex::new(()),
-                })
-                .collect(),
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            publish: Mutex::new(()),
             decisions: Mutex::new(OpenDecisions::default()),
             prefix: Mutex::new(prefix),
-            next_id: AtomicU32::new(0),
+            ids: Mutex::new(Ids::default()),
         }
     }
 
@@ -424,15 +587,37 @@ impl Table {
 
     /// Replaces the configuration (config reload). The prefix bound applies to new insertions.
     pub fn set_config(&self, config: TableConfig) {
+        let _publishing = lock(&self.publish);
+        let max_report_age = config.max_report_age;
         self.config.store(Arc::new(config));
+        let current = self.published.load();
+        self.published.store(Arc::new(Snapshot {
+            shards: current.shards.clone(),
+            max_report_age,
+        }));
     }
 
     /// The current table, without waiting for writers.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        Arc::new(Snapshot {
-            shards: self.shards.iter().map(|s| s.current.load_full()).collect(),
-            max_report_age: self.config.load().max_report_age,
-        })
+        self.published.load_full()
+    }
+
+    /// The published view of shard `i` (stable while the caller holds that shard's writer lock).
+    fn shard_view(&self, i: usize) -> Arc<ShardView> {
+        self.published.load().shards[i].clone()
+    }
+
+    /// Replaces shard `i` in the published table. The caller holds that shard's writer lock.
+    fn publish_shard(&self, i: usize, entries: Vec<Arc<Endpoint>>) {
+        let view = Arc::new(ShardView::new(entries));
+        let _publishing = lock(&self.publish);
+        let current = self.published.load();
+        let mut shards = current.shards.clone();
+        shards[i] = view;
+        self.published.store(Arc::new(Snapshot {
+            shards,
+            max_report_age: current.max_report_age,
+        }));
     }
 
     /// Validates and applies one report.
@@ -469,12 +654,12 @@ impl Table {
         for (i, r) in reports.into_iter().enumerate() {
             by_shard[shard_of(&r.endpoint.address)].push((i, r));
         }
-        for (shard, group) in self.shards.iter().zip(by_shard) {
+        for (s, (shard, group)) in self.shards.iter().zip(by_shard).enumerate() {
             if group.is_empty() {
                 continue;
             }
             let _writer = lock(&shard.write);
-            let mut entries: Vec<Arc<Endpoint>> = shard.current.load().as_ref().clone();
+            let mut entries: Vec<Arc<Endpoint>> = self.shard_view(s).entries.clone();
             let mut changed = false;
             for (i, report) in group {
                 let outcome = self.apply_one(&mut entries, report, now);
@@ -482,7 +667,7 @@ impl Table {
                 outcomes[i] = outcome;
             }
             if changed {
-                shard.current.store(Arc::new(entries));
+                self.publish_shard(s, entries);
             }
         }
         outcomes
@@ -497,7 +682,7 @@ impl Table {
         let address = report.endpoint.address.as_str();
         match entries.binary_search_by(|e| (*e.address).cmp(address)) {
             Err(pos) => {
-                let live = Arc::new(Live::new(self.next_id.fetch_add(1, Ordering::Relaxed)));
+                let live = Arc::new(lock(&self.ids).take());
                 entries.insert(pos, Arc::new(Endpoint::new(report, now, None, live)));
                 IngestOutcome::Added
             }
@@ -528,30 +713,32 @@ impl Table {
     pub fn forget_silent(&self, now: Duration) -> usize {
         let forget_after = self.config.load().forget_after;
         let mut forgotten = Vec::new();
-        for shard in self.shards.iter() {
-            if shard
-                .current
-                .load()
+        for (s, shard) in self.shards.iter().enumerate() {
+            if self
+                .shard_view(s)
+                .entries
                 .iter()
                 .all(|e| e.age(now) <= forget_after)
             {
                 continue;
             }
             let _writer = lock(&shard.write);
-            let (keep, drop): (Vec<_>, Vec<_>) = shard
-                .current
-                .load()
+            let (keep, gone): (Vec<_>, Vec<_>) = self
+                .shard_view(s)
+                .entries
                 .iter()
                 .cloned()
                 .partition(|e| e.age(now) <= forget_after);
-            forgotten.extend(drop.iter().map(|e| e.live.id));
-            shard.current.store(Arc::new(keep));
+            forgotten.extend(gone.iter().map(|e| e.live.id));
+            self.publish_shard(s, keep);
         }
         if !forgotten.is_empty() {
             let mut prefix = lock(&self.prefix);
             for id in &forgotten {
                 prefix.forget(*id);
             }
+            drop(prefix);
+            lock(&self.ids).free.extend(&forgotten);
         }
         forgotten.len()
     }
@@ -566,11 +753,11 @@ impl Table {
         prefix_keys: &[u64],
     ) {
         let live = &endpoint.live;
-        let epoch = live.epoch.load(Ordering::Acquire);
-        live.inflight_requests.fetch_add(1, Ordering::AcqRel);
-        live.inflight_tokens
-            .fetch_add(prompt_tokens, Ordering::AcqRel);
-        live.routed_total.fetch_add(1, Ordering::Relaxed);
+        let c = live.counters();
+        let epoch = c.epoch.load(Ordering::Acquire);
+        c.inflight_requests.fetch_add(1, Ordering::AcqRel);
+        c.inflight_tokens.fetch_add(prompt_tokens, Ordering::AcqRel);
+        c.routed_total.fetch_add(1, Ordering::Relaxed);
         if !prefix_keys.is_empty() {
             lock(&self.prefix).insert(live.id, prefix_keys);
         }
@@ -605,9 +792,10 @@ impl Table {
             return DoneOutcome::Unknown;
         };
         // A newer report already counts (or no longer counts) this request: nothing to undo.
-        if open.live.epoch.load(Ordering::Acquire) == open.epoch {
-            saturating_sub(&open.live.inflight_requests, 1);
-            saturating_sub(&open.live.inflight_tokens, open.prompt_tokens);
+        let c = open.live.counters();
+        if c.epoch.load(Ordering::Acquire) == open.epoch {
+            saturating_sub(&c.inflight_requests, 1);
+            saturating_sub(&c.inflight_tokens, open.prompt_tokens);
         }
         DoneOutcome::Closed
     }
@@ -885,6 +1073,181 @@ pub(crate) mod tests {
             Some(MODEL)
         );
         assert_ne!(model_key("a"), model_key("b"));
+    }
+
+    /// Every shard's hot records mirror its endpoints, in order.
+    fn assert_hot_mirrors_entries(s: &Snapshot) {
+        for shard in &s.shards {
+            assert_eq!(shard.hot.len(), shard.entries.len());
+            for (h, e) in shard.hot.iter().zip(&shard.entries) {
+                assert_eq!(h.counters.id, e.live.id, "{}", e.address);
+                assert_eq!(h.arrived_ns, duration_ns(e.arrived_at));
+                assert_eq!(h.ready, e.report.engine.ready);
+                assert_eq!(h.waiting, e.report.load.requests_waiting.unwrap_or(0));
+                assert_eq!(h.running, e.report.load.requests_running.unwrap_or(0));
+                assert_eq!(h.kv(), e.report.load.kv_cache_utilization);
+                assert_eq!(h.inflight(), e.inflight());
+                for m in &e.report.models {
+                    assert_eq!(
+                        h.serves(model_key(&m.name), e),
+                        Some(m.adapter_of.is_some()),
+                        "{} serves {}",
+                        e.address,
+                        m.name
+                    );
+                }
+                assert_eq!(h.serves(model_key("not-served"), e), None);
+            }
+        }
+    }
+
+    #[test]
+    fn hot_records_follow_ingest_restart_staleness_and_forget() {
+        let t = Table::new(TableConfig::default());
+        let batch: Vec<_> = (0..200)
+            .map(|i| report(&format!("10.1.0.{i}:8000"), 1))
+            .collect();
+        t.ingest_batch(batch, T0).unwrap();
+        assert_hot_mirrors_entries(&t.snapshot());
+
+        // Updates: new signals, a second model, not ready.
+        let mut r = report("10.1.0.7:8000", 2);
+        r.load.requests_waiting = Some(42);
+        r.load.kv_cache_utilization = None;
+        r.models.push(ModelEntry {
+            name: "lora-x".into(),
+            adapter_of: Some(MODEL.into()),
+        });
+        t.ingest(r, T0 + Duration::from_millis(500)).unwrap();
+        let mut down = report("10.1.0.8:8000", 2);
+        down.engine.ready = false;
+        t.ingest(down, T0).unwrap();
+        let mut restarted = report("10.1.0.9:8000", 1);
+        restarted.agent.id = "new-agent".into();
+        restarted.agent.started_at_ms = 9_000;
+        restarted.load.requests_running = Some(3);
+        assert_eq!(t.ingest(restarted, T0).unwrap(), IngestOutcome::Restarted);
+        let s = t.snapshot();
+        assert_hot_mirrors_entries(&s);
+        let hot = |addr: &str| {
+            let shard = &s.shards[shard_of(addr)];
+            let i = shard
+                .entries
+                .iter()
+                .position(|e| &*e.address == addr)
+                .unwrap();
+            shard.hot[i].clone()
+        };
+        let age = s.max_report_age;
+        let now = duration_ns(T0 + Duration::from_millis(1_200));
+        assert_eq!(hot("10.1.0.7:8000").waiting, 42);
+        assert_eq!(
+            hot("10.1.0.7:8000").state(now, duration_ns(age)),
+            EndpointState::Ready,
+            "its report is the newest"
+        );
+        assert_eq!(
+            hot("10.1.0.1:8000").state(now, duration_ns(age)),
+            EndpointState::Stale
+        );
+        assert_eq!(
+            hot("10.1.0.8:8000").state(duration_ns(T0), duration_ns(age)),
+            EndpointState::NotReady
+        );
+        assert_eq!(hot("10.1.0.9:8000").running, 3);
+
+        // The counters the scan reads are the endpoint's own.
+        let e = s.get("10.1.0.3:8000").unwrap();
+        t.record(e, 1, 300, &[]);
+        assert_eq!(
+            hot("10.1.0.3:8000").inflight(),
+            Inflight {
+                requests: 1,
+                prompt_tokens: 300
+            }
+        );
+
+        // Forgetting drops the records with their endpoints.
+        assert_eq!(t.forget_silent(T0 + Duration::from_millis(60_400)), 199);
+        let s = t.snapshot();
+        assert_eq!(s.len(), 1);
+        assert_hot_mirrors_entries(&s);
+    }
+
+    #[test]
+    fn a_reused_id_starts_with_clean_counters() {
+        let t = Table::new(TableConfig::default());
+        t.ingest(report("10.0.0.1:8000", 1), T0).unwrap();
+        let s = t.snapshot();
+        let old = s.get("10.0.0.1:8000").unwrap();
+        let old_id = old.live.id;
+        t.record(old, 1, 100, &[7, 8]);
+        t.record(old, 2, 100, &[]);
+        assert_eq!(t.forget_silent(T0 + Duration::from_secs(61)), 1);
+        t.ingest(report("10.0.0.2:8000", 1), T0 + Duration::from_secs(61))
+            .unwrap();
+        let s = t.snapshot();
+        let new = s.get("10.0.0.2:8000").unwrap();
+        assert_eq!(new.live.id, old_id, "the forgotten endpoint's id is reused");
+        assert_eq!(new.inflight(), Inflight::default());
+        assert_eq!(new.routed_total(), 0);
+        assert_eq!(
+            lock(&t.prefix).blocks_of(new.live.id),
+            0,
+            "no prefix blocks inherited"
+        );
+        t.record(new, 3, 40, &[]);
+        // A late `done` for the forgotten endpoint must not touch the new one's estimate.
+        assert_eq!(t.done(1, T0), DoneOutcome::Closed);
+        assert_eq!(
+            new.inflight(),
+            Inflight {
+                requests: 1,
+                prompt_tokens: 40
+            }
+        );
+        assert_hot_mirrors_entries(&s);
+    }
+
+    #[test]
+    fn ids_past_one_counter_chunk_get_their_own_counters() {
+        let t = Table::new(TableConfig::default());
+        let n = CHUNK + 10;
+        let batch: Vec<_> = (0..n)
+            .map(|i| report(&format!("10.2.{}.{}:8000", i / 250, i % 250), 1))
+            .collect();
+        t.ingest_batch(batch, T0).unwrap();
+        let s = t.snapshot();
+        for (k, e) in s.iter().enumerate() {
+            t.record(e, k as u128, k as u64, &[]);
+        }
+        for (k, e) in s.iter().enumerate() {
+            assert_eq!(
+                e.inflight(),
+                Inflight {
+                    requests: 1,
+                    prompt_tokens: k as u64
+                },
+                "{}",
+                e.address
+            );
+        }
+        assert_hot_mirrors_entries(&s);
+    }
+
+    #[test]
+    fn set_config_republishes_the_staleness_bound() {
+        let t = Table::new(TableConfig::default());
+        t.ingest(report("10.0.0.1:8000", 1), T0).unwrap();
+        let before = t.snapshot();
+        t.set_config(TableConfig {
+            max_report_age: Duration::from_secs(5),
+            ..TableConfig::default()
+        });
+        assert_eq!(before.max_report_age, Duration::from_secs(1));
+        let after = t.snapshot();
+        assert_eq!(after.max_report_age, Duration::from_secs(5));
+        assert_eq!(after.len(), 1, "the endpoints stay");
     }
 
     #[test]

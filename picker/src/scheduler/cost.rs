@@ -69,18 +69,20 @@ impl Default for CostModel {
 }
 
 /// KV utilization counting the prompt tokens routed since the report (when capacity is known).
-fn kv_estimate(c: &Candidate<'_>, extra_tokens: u64) -> Option<f64> {
+fn kv_estimate(c: &Candidate, extra_tokens: u64) -> Option<f64> {
     let kv = c.kv?;
-    let added = match c.endpoint.signals.kv_capacity_tokens {
-        Some(cap) if cap > 0 => (c.inflight_tokens + extra_tokens) as f64 / cap as f64,
-        _ => 0.0,
+    let cap = c.kv_capacity_tokens;
+    let added = if cap > 0 {
+        (c.inflight_tokens + extra_tokens) as f64 / cap as f64
+    } else {
+        0.0
     };
     Some((kv + added).min(1.0))
 }
 
 /// Fills `cost` of every candidate, and pushes each one's parts to `parts` when given.
 pub(super) fn score(
-    cands: &mut [Candidate<'_>],
+    cands: &mut [Candidate],
     ask: &Ask,
     config: &SchedulerConfig,
     mut parts: Option<&mut Vec<[f64; 5]>>,
@@ -100,9 +102,7 @@ pub(super) fn score(
         let uncached = (ask.prompt_tokens as f64 - credit).max(0.0);
         let queued = (c.waiting * m.default_prompt_tokens + c.inflight_tokens) as f64;
         let throughput = c
-            .endpoint
             .peak_prompt_tokens_per_second
-            .unwrap_or(0.0)
             .max(m.prefill_floor_tokens_per_second);
         let prefill = (queued + uncached) / throughput;
         let batch = c.running as f64 * m.seconds_per_running_request;
@@ -129,7 +129,7 @@ pub(super) fn score(
 }
 
 /// Saturated when every candidate's queue (with in-flight) or KV estimate is at its threshold.
-pub(super) fn pool_saturated(cands: &[Candidate<'_>], config: &SchedulerConfig) -> bool {
+pub(super) fn pool_saturated(cands: &[Candidate], config: &SchedulerConfig) -> bool {
     let s = &config.saturation;
     cands.iter().all(|c| {
         c.waiting + c.inflight_requests >= u64::from(s.queue_depth_threshold)
@@ -138,7 +138,7 @@ pub(super) fn pool_saturated(cands: &[Candidate<'_>], config: &SchedulerConfig) 
 }
 
 /// The lowest cost among `power_of_k` endpoints sampled from the near-best.
-pub(super) fn power_of_k(cands: &[Candidate<'_>], m: &CostModel, rng: &mut SmallRng) -> usize {
+pub(super) fn power_of_k(cands: &[Candidate], m: &CostModel, rng: &mut SmallRng) -> usize {
     let best = cands.iter().map(|c| c.cost).fold(f64::INFINITY, f64::min);
     let bound = best + (best.abs() * m.near_best_ratio).max(m.near_best_seconds);
     let mut near: Vec<usize> = (0..cands.len())

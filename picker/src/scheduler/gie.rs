@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use super::{AdapterState, Ask, Candidate, SchedulerConfig};
+use crate::table::duration_ns;
 
 const QUEUE_WEIGHT: f64 = 2.0;
 const KV_WEIGHT: f64 = 2.0;
@@ -14,7 +15,7 @@ const LORA_WEIGHT: f64 = 1.0;
 
 /// Fills `cost` with the negated weighted score (so lower is better, like every profile).
 /// Each candidate's parts (queue, KV, prefix, LoRA, total) go to `parts` when given.
-pub(super) fn score(cands: &mut [Candidate<'_>], ask: &Ask, mut parts: Option<&mut Vec<[f64; 5]>>) {
+pub(super) fn score(cands: &mut [Candidate], ask: &Ask, mut parts: Option<&mut Vec<[f64; 5]>>) {
     let qmin = cands.iter().map(|c| c.waiting).min().unwrap_or(0);
     let qmax = cands.iter().map(|c| c.waiting).max().unwrap_or(0);
     let blocks = ask.blocks.len();
@@ -47,15 +48,13 @@ pub(super) fn score(cands: &mut [Candidate<'_>], ask: &Ask, mut parts: Option<&m
 
 /// GIE's detector: an endpoint is saturated when its queue or KV use is at the threshold or its
 /// metrics are older than `gie_stale_after`; the pool is saturated when every endpoint is.
-pub(super) fn pool_saturated(
-    cands: &[Candidate<'_>],
-    config: &SchedulerConfig,
-    now: Duration,
-) -> bool {
+pub(super) fn pool_saturated(cands: &[Candidate], config: &SchedulerConfig, now: Duration) -> bool {
     let s = &config.saturation;
+    let now_ns = duration_ns(now);
+    let stale_after_ns = duration_ns(config.gie_stale_after);
     cands.iter().all(|c| {
         c.waiting >= u64::from(s.queue_depth_threshold)
             || c.kv.is_some_and(|k| k >= s.kv_cache_threshold)
-            || c.endpoint.age(now) > config.gie_stale_after
+            || now_ns.saturating_sub(c.arrived_ns) > stale_after_ns
     })
 }

@@ -7,6 +7,7 @@
 mod cost;
 mod gie;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
@@ -20,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::prefix::{block_hashes, session_hash};
-use crate::table::{Endpoint, EndpointState, Snapshot, Table, model_key};
+use crate::table::{Endpoint, EndpointState, Snapshot, Table, duration_ns, model_key};
 
 pub use cost::CostModel;
 
@@ -314,8 +315,16 @@ impl AdapterState {
 
 /// An endpoint that passed the filters, with the signals every profile reads.
 #[derive(Debug)]
-pub(crate) struct Candidate<'a> {
-    pub(crate) endpoint: &'a Arc<Endpoint>,
+pub(crate) struct Candidate {
+    /// Where the endpoint is in the snapshot ([`Snapshot::entry`]).
+    pub(crate) shard: u32,
+    pub(crate) index: u32,
+    /// When its report arrived (nanoseconds on the picker's clock).
+    pub(crate) arrived_ns: u64,
+    /// Peak prompt throughput (tokens/s), 0 when never reported.
+    pub(crate) peak_prompt_tokens_per_second: f64,
+    /// KV capacity in tokens, 0 when unknown.
+    pub(crate) kv_capacity_tokens: u64,
     /// Waiting requests as reported.
     pub(crate) waiting: u64,
     /// Running requests as reported.
@@ -333,10 +342,54 @@ pub(crate) struct Candidate<'a> {
     pub(crate) cost: f64,
 }
 
-impl Candidate<'_> {
+impl Candidate {
+    /// The endpoint itself.
+    pub(crate) fn endpoint<'s>(&self, snapshot: &'s Snapshot) -> &'s Arc<Endpoint> {
+        snapshot.entry(self.shard, self.index)
+    }
+
     /// Requests the endpoint holds or will hold: waiting + running + routed since its report.
     pub(crate) fn load(&self) -> u64 {
         self.waiting + self.running + self.inflight_requests
+    }
+}
+
+/// Most candidates a thread keeps buffered between picks (about 1.5 MiB).
+const MAX_BUFFERED_CANDIDATES: usize = 16_384;
+
+thread_local! {
+    static CANDIDATE_BUFFER: Cell<Vec<Candidate>> = const { Cell::new(Vec::new()) };
+}
+
+/// A candidate list borrowed from this thread's reusable buffer and given back, emptied, when
+/// dropped: a pick over thousands of endpoints allocates no list of them.
+struct CandidateBuffer(Vec<Candidate>);
+
+fn take_buffer() -> CandidateBuffer {
+    CandidateBuffer(CANDIDATE_BUFFER.try_with(Cell::take).unwrap_or_default())
+}
+
+impl Drop for CandidateBuffer {
+    fn drop(&mut self) {
+        let mut list = std::mem::take(&mut self.0);
+        if list.capacity() <= MAX_BUFFERED_CANDIDATES {
+            list.clear();
+            // During thread teardown the buffer is gone; the list is then simply freed.
+            let _ = CANDIDATE_BUFFER.try_with(|b| b.set(list));
+        }
+    }
+}
+
+impl std::ops::Deref for CandidateBuffer {
+    type Target = Vec<Candidate>;
+    fn deref(&self) -> &Vec<Candidate> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for CandidateBuffer {
+    fn deref_mut(&mut self) -> &mut Vec<Candidate> {
+        &mut self.0
     }
 }
 
@@ -425,7 +478,7 @@ impl Scheduler {
         let mut serving = 0usize;
         let (mut stale, mut not_ready, mut filtered) = (0usize, 0usize, 0usize);
         let mut excluded: Vec<(&Arc<Endpoint>, &'static str)> = Vec::new();
-        let mut cands: Vec<Candidate<'_>> = Vec::with_capacity(snapshot.len());
+        let mut cands = take_buffer();
         let matches = if matches!(self.policy, Policy::Inferpick | Policy::Gie) {
             let m = table.prefix_matches(&ask.blocks);
             let s = ask
@@ -436,20 +489,38 @@ impl Scheduler {
         } else {
             (Vec::new(), Vec::new())
         };
-        for endpoint in snapshot.iter() {
-            let Some(is_adapter) = endpoint.serves(model) else {
-                continue;
-            };
-            serving += 1;
-            let address: &str = &endpoint.address;
-            let reason = if candidates_filter.is_some_and(|c| !c.iter().any(|a| a == address)) {
-                filtered += 1;
-                Some("not in candidates")
-            } else if exclude.iter().any(|a| a == address) {
-                filtered += 1;
-                Some("excluded")
-            } else {
-                match endpoint.state(now, snapshot.max_report_age) {
+        let lookup = |m: &[(u32, u32)], id: u32| {
+            if m.is_empty() {
+                return 0;
+            }
+            m.binary_search_by_key(&id, |&(e, _)| e)
+                .map(|i| m[i].1)
+                .unwrap_or(0)
+        };
+        let filters = candidates_filter.is_some() || !exclude.is_empty();
+        let now_ns = duration_ns(now);
+        let max_age_ns = duration_ns(snapshot.max_report_age);
+        for (s, shard) in snapshot.shards.iter().enumerate() {
+            for (i, (hot, endpoint)) in shard.hot.iter().zip(&shard.entries).enumerate() {
+                let Some(is_adapter) = hot.serves(model, endpoint) else {
+                    continue;
+                };
+                serving += 1;
+                let reason = if filters {
+                    let address: &str = &endpoint.address;
+                    if candidates_filter.is_some_and(|c| !c.iter().any(|a| a == address)) {
+                        filtered += 1;
+                        Some("not in candidates")
+                    } else if exclude.iter().any(|a| a == address) {
+                        filtered += 1;
+                        Some("excluded")
+                    } else {
+                        None
+                    }
+                } else {
+                    None
+                };
+                let reason = reason.or_else(|| match hot.state(now_ns, max_age_ns) {
                     EndpointState::Ready => None,
                     EndpointState::Stale => {
                         stale += 1;
@@ -459,34 +530,36 @@ impl Scheduler {
                         not_ready += 1;
                         Some("not_ready")
                     }
+                });
+                if let Some(reason) = reason {
+                    if explain {
+                        excluded.push((endpoint, reason));
+                    }
+                    continue;
                 }
-            };
-            if let Some(reason) = reason {
-                if explain {
-                    excluded.push((endpoint, reason));
-                }
-                continue;
+                let inflight = hot.inflight();
+                let id = hot.counters.id;
+                cands.push(Candidate {
+                    shard: s as u32,
+                    index: i as u32,
+                    arrived_ns: hot.arrived_ns,
+                    peak_prompt_tokens_per_second: hot.peak_prompt_tokens_per_second,
+                    kv_capacity_tokens: hot.kv_capacity_tokens,
+                    waiting: hot.waiting.into(),
+                    running: hot.running.into(),
+                    inflight_requests: inflight.requests,
+                    inflight_tokens: inflight.prompt_tokens,
+                    kv: hot.kv(),
+                    cached_blocks: lookup(&matches.0, id),
+                    session_hit: lookup(&matches.1, id) > 0,
+                    adapter: if is_adapter {
+                        AdapterState::of(endpoint, &ask.model, is_adapter)
+                    } else {
+                        AdapterState::NotAdapter
+                    },
+                    cost: 0.0,
+                });
             }
-            let sig = endpoint.signals;
-            let inflight = endpoint.inflight();
-            let id = endpoint.live.id;
-            let lookup = |m: &[(u32, u32)]| {
-                m.binary_search_by_key(&id, |&(e, _)| e)
-                    .map(|i| m[i].1)
-                    .unwrap_or(0)
-            };
-            cands.push(Candidate {
-                endpoint,
-                waiting: sig.waiting,
-                running: sig.running,
-                inflight_requests: inflight.requests,
-                inflight_tokens: inflight.prompt_tokens,
-                kv: sig.kv,
-                cached_blocks: lookup(&matches.0),
-                session_hit: lookup(&matches.1) > 0,
-                adapter: AdapterState::of(endpoint, &ask.model, is_adapter),
-                cost: 0.0,
-            });
         }
         if serving == 0 {
             return Err(if snapshot.is_empty() {
@@ -521,7 +594,7 @@ impl Scheduler {
                 gie::pool_saturated(&cands, &self.config, now)
             }
             Policy::LeastRequest => {
-                for c in &mut cands {
+                for c in cands.iter_mut() {
                     c.cost = c.load() as f64;
                 }
                 false
@@ -542,16 +615,11 @@ impl Scheduler {
         }
 
         let order = self.choose(&cands, fallbacks as usize + 1, &mut rng);
-        let chosen = &cands[order[0]];
+        let chosen = cands[order[0]].endpoint(&snapshot);
         let decision_id = uuid::Builder::from_random_bytes(rng.random()).into_uuid();
         let mut keys = ask.blocks.clone();
         keys.extend(ask.session);
-        table.record(
-            chosen.endpoint,
-            decision_id.as_u128(),
-            ask.prompt_tokens,
-            &keys,
-        );
+        table.record(chosen, decision_id.as_u128(), ask.prompt_tokens, &keys);
 
         let explain = explain.then(|| {
             self.explain(
@@ -559,13 +627,13 @@ impl Scheduler {
             )
         });
         Ok(Pick {
-            endpoint: chosen.endpoint.address.clone(),
+            endpoint: chosen.address.clone(),
             fallbacks: order[1..]
                 .iter()
-                .map(|&i| cands[i].endpoint.address.clone())
+                .map(|&i| cands[i].endpoint(&snapshot).address.clone())
                 .collect(),
             decision_id,
-            pod: chosen.endpoint.report.endpoint.pod.clone(),
+            pod: chosen.report.endpoint.pod.clone(),
             model: ask.model,
             policy: self.policy,
             priority: ask.priority,
@@ -659,7 +727,7 @@ impl Scheduler {
     }
 
     /// Indices into `cands`: the chosen one first, then up to `n - 1` fallbacks.
-    fn choose(&self, cands: &[Candidate<'_>], n: usize, rng: &mut SmallRng) -> Vec<usize> {
+    fn choose(&self, cands: &[Candidate], n: usize, rng: &mut SmallRng) -> Vec<usize> {
         let len = cands.len();
         let n = n.min(len);
         match self.policy {
@@ -693,7 +761,7 @@ impl Scheduler {
     fn explain(
         &self,
         ask: &Ask,
-        cands: &[Candidate<'_>],
+        cands: &[Candidate],
         parts: &[[f64; 5]],
         order: &[usize],
         excluded: &[(&Arc<Endpoint>, &'static str)],
@@ -716,15 +784,16 @@ impl Scheduler {
             .iter()
             .enumerate()
             .map(|(i, c)| {
+                let endpoint = c.endpoint(snapshot);
                 let parts: serde_json::Map<String, Value> = part_names
                     .iter()
                     .zip(parts.get(i).copied().unwrap_or_default())
                     .map(|(k, v)| (k.to_string(), json!(v)))
                     .collect();
                 json!({
-                    "endpoint": &*c.endpoint.address,
-                    "pod": c.endpoint.report.endpoint.pod,
-                    "age_ms": c.endpoint.age(now).as_secs_f64() * 1e3,
+                    "endpoint": &*endpoint.address,
+                    "pod": endpoint.report.endpoint.pod,
+                    "age_ms": endpoint.age(now).as_secs_f64() * 1e3,
                     "requests_waiting": c.waiting,
                     "requests_running": c.running,
                     "inflight_requests": c.inflight_requests,
@@ -760,7 +829,7 @@ impl Scheduler {
 
 /// `first`, then the `n - 1` lowest-cost others, best first. One pass keeping a short sorted list:
 /// `n` is small (fallbacks + 1), the pool may be large.
-fn best_rest(cands: &[Candidate<'_>], first: usize, n: usize) -> Vec<usize> {
+fn best_rest(cands: &[Candidate], first: usize, n: usize) -> Vec<usize> {
     let k = n.saturating_sub(1);
     let mut rest: Vec<(f64, usize)> = Vec::with_capacity(k + 1);
     if k > 0 {
