@@ -137,13 +137,21 @@ pub async fn serve(
     });
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "ext_proc (endpoint-picker protocol) listening");
+    // Accepted here rather than by tonic, so tonic's own TCP_NODELAY does not apply: without it
+    // each small ext_proc message can wait out a delayed ACK (40 ms at p99, measured).
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            if let Ok(c) = &conn {
+                let _ = c.set_nodelay(true);
+            }
+            conn
+        },
+    );
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
