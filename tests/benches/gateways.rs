@@ -6,7 +6,6 @@
 //! skipped with one line). The upstream call is `GET /v1/models`, which the emulated server
 //! answers at once, so the figures are the gateway's and the picker's work, not the engine's.
 
-#[allow(dead_code)]
 #[path = "../tests/gateways/common.rs"]
 mod common;
 
