@@ -87,6 +87,9 @@ pub(crate) struct Counters {
     /// Bumped by every accepted report: decisions of an older epoch are already in the engine's counts.
     epoch: AtomicU64,
     routed_total: AtomicU64,
+    /// Where the endpoint was last published: shard in the high 32 bits, index in the low ones.
+    /// A reader checks it against its snapshot (it may be newer), see [`Snapshot::locate`].
+    position: AtomicU64,
 }
 
 /// Endpoints per [`CounterChunk`].
@@ -146,6 +149,14 @@ struct Ids {
     next: u32,
     free: Vec<u32>,
     chunks: Vec<Arc<CounterChunk>>,
+}
+
+impl Ids {
+    fn counters(&self, id: u32) -> Option<&Counters> {
+        self.chunks
+            .get(id as usize / CHUNK)
+            .map(|c| &c.cells[id as usize % CHUNK])
+    }
 }
 
 impl Ids {
@@ -609,6 +620,12 @@ impl Table {
 
     /// Replaces shard `i` in the published table. The caller holds that shard's writer lock.
     fn publish_shard(&self, i: usize, entries: Vec<Arc<Endpoint>>) {
+        for (index, e) in entries.iter().enumerate() {
+            e.live
+                .counters()
+                .position
+                .store(((i as u64) << 32) | index as u64, Ordering::Release);
+        }
         let view = Arc::new(ShardView::new(entries));
         let _publishing = lock(&self.publish);
         let current = self.published.load();
@@ -803,6 +820,28 @@ impl Table {
     /// How many decisions are open for `done` feedback.
     pub fn open_decisions(&self) -> usize {
         lock(&self.decisions).open.len()
+    }
+
+    /// Where each endpoint of `ids` is in `snapshot` (shard, index), for those that are there.
+    pub(crate) fn locate(
+        &self,
+        snapshot: &Snapshot,
+        ids: impl Iterator<Item = u32>,
+    ) -> Vec<(u32, u32)> {
+        let all = lock(&self.ids);
+        ids.filter_map(|id| {
+            let packed = all.counters(id)?.position.load(Ordering::Acquire);
+            let (shard, index) = ((packed >> 32) as u32, packed as u32);
+            // The position may come from a newer publication than `snapshot`: trust it only if
+            // the snapshot has this endpoint there.
+            let found = snapshot
+                .shards
+                .get(shard as usize)?
+                .hot
+                .get(index as usize)?;
+            (found.counters.id == id).then_some((shard, index))
+        })
+        .collect()
     }
 
     /// For each endpoint id that probably holds the leading blocks of `keys`: how many.

@@ -46,6 +46,10 @@ pub struct CostModel {
     pub near_best_ratio: f64,
     /// See [`near_best_ratio`](Self::near_best_ratio).
     pub near_best_seconds: f64,
+    /// Pools larger than this are scored on a random window of this many ready endpoints, plus
+    /// every endpoint the prefix index or the session names; the near-best sample is drawn from
+    /// those. Shedding is still decided on the whole pool. 0 scores every endpoint.
+    pub scan_limit: usize,
 }
 
 impl Default for CostModel {
@@ -64,6 +68,7 @@ impl Default for CostModel {
             power_of_k: 2,
             near_best_ratio: 0.1,
             near_best_seconds: 0.005,
+            scan_limit: 128,
         }
     }
 }

@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::prefix::{block_hashes, session_hash};
-use crate::table::{Endpoint, EndpointState, Snapshot, Table, duration_ns, model_key};
+use crate::table::{Endpoint, EndpointState, ShardView, Snapshot, Table, duration_ns, model_key};
 
 pub use cost::CostModel;
 
@@ -440,7 +440,7 @@ impl Scheduler {
         request: &PickRequest,
         now: Duration,
     ) -> Result<Pick, PickError> {
-        self.decide(table, request, now, false)
+        self.decide(table, request, now, false, false)
     }
 
     /// Like [`pick`](Self::pick), and fills [`Pick::explain`] with every endpoint's signals and score.
@@ -450,7 +450,7 @@ impl Scheduler {
         request: &PickRequest,
         now: Duration,
     ) -> Result<Pick, PickError> {
-        self.decide(table, request, now, true)
+        self.decide(table, request, now, true, false)
     }
 
     fn rng(&self) -> SmallRng {
@@ -464,6 +464,7 @@ impl Scheduler {
         request: &PickRequest,
         now: Duration,
         explain: bool,
+        full: bool,
     ) -> Result<Pick, PickError> {
         let mut rng = self.rng();
         let snapshot = table.snapshot();
@@ -474,10 +475,6 @@ impl Scheduler {
         let candidates_filter = request.candidates.as_deref();
         let exclude = request.exclude.as_deref().unwrap_or(&[]);
 
-        let model = model_key(&ask.model);
-        let mut serving = 0usize;
-        let (mut stale, mut not_ready, mut filtered) = (0usize, 0usize, 0usize);
-        let mut excluded: Vec<(&Arc<Endpoint>, &'static str)> = Vec::new();
         let mut cands = take_buffer();
         let matches = if matches!(self.policy, Policy::Inferpick | Policy::Gie) {
             let m = table.prefix_matches(&ask.blocks);
@@ -489,78 +486,49 @@ impl Scheduler {
         } else {
             (Vec::new(), Vec::new())
         };
-        let lookup = |m: &[(u32, u32)], id: u32| {
-            if m.is_empty() {
-                return 0;
-            }
-            m.binary_search_by_key(&id, |&(e, _)| e)
-                .map(|i| m[i].1)
-                .unwrap_or(0)
+        let mut scan = Scan {
+            snapshot: &snapshot,
+            model: model_key(&ask.model),
+            ask_model: &ask.model,
+            candidates_filter,
+            exclude,
+            filters: candidates_filter.is_some() || !exclude.is_empty(),
+            now_ns: duration_ns(now),
+            max_age_ns: duration_ns(snapshot.max_report_age),
+            explain,
+            prefix_holders: &matches.0,
+            session_holders: &matches.1,
+            serving: 0,
+            stale: 0,
+            not_ready: 0,
+            filtered: 0,
+            excluded: Vec::new(),
         };
-        let filters = candidates_filter.is_some() || !exclude.is_empty();
-        let now_ns = duration_ns(now);
-        let max_age_ns = duration_ns(snapshot.max_report_age);
-        for (s, shard) in snapshot.shards.iter().enumerate() {
-            for (i, (hot, endpoint)) in shard.hot.iter().zip(&shard.entries).enumerate() {
-                let Some(is_adapter) = hot.serves(model, endpoint) else {
-                    continue;
-                };
-                serving += 1;
-                let reason = if filters {
-                    let address: &str = &endpoint.address;
-                    if candidates_filter.is_some_and(|c| !c.iter().any(|a| a == address)) {
-                        filtered += 1;
-                        Some("not in candidates")
-                    } else if exclude.iter().any(|a| a == address) {
-                        filtered += 1;
-                        Some("excluded")
-                    } else {
-                        None
-                    }
-                } else {
-                    None
-                };
-                let reason = reason.or_else(|| match hot.state(now_ns, max_age_ns) {
-                    EndpointState::Ready => None,
-                    EndpointState::Stale => {
-                        stale += 1;
-                        Some("stale")
-                    }
-                    EndpointState::NotReady => {
-                        not_ready += 1;
-                        Some("not_ready")
-                    }
-                });
-                if let Some(reason) = reason {
-                    if explain {
-                        excluded.push((endpoint, reason));
-                    }
-                    continue;
+        let limit = self.config.cost.scan_limit;
+        let total = snapshot.len();
+        let sampled = if !full
+            && !explain
+            && self.policy == Policy::Inferpick
+            && limit > 0
+            && total > limit
+        {
+            scan.window(table, &mut cands, limit, rng.random_range(0..total))
+        } else {
+            for (s, shard) in snapshot.shards.iter().enumerate() {
+                for i in 0..shard.hot.len() {
+                    scan.consider(s, i, &mut cands);
                 }
-                let inflight = hot.inflight();
-                let id = hot.counters.id;
-                cands.push(Candidate {
-                    shard: s as u32,
-                    index: i as u32,
-                    arrived_ns: hot.arrived_ns,
-                    peak_prompt_tokens_per_second: hot.peak_prompt_tokens_per_second,
-                    kv_capacity_tokens: hot.kv_capacity_tokens,
-                    waiting: hot.waiting.into(),
-                    running: hot.running.into(),
-                    inflight_requests: inflight.requests,
-                    inflight_tokens: inflight.prompt_tokens,
-                    kv: hot.kv(),
-                    cached_blocks: lookup(&matches.0, id),
-                    session_hit: lookup(&matches.1, id) > 0,
-                    adapter: if is_adapter {
-                        AdapterState::of(endpoint, &ask.model, is_adapter)
-                    } else {
-                        AdapterState::NotAdapter
-                    },
-                    cost: 0.0,
-                });
             }
-        }
+            false
+        };
+        let Scan {
+            serving,
+            stale,
+            not_ready,
+            filtered,
+            excluded,
+            ..
+        } = scan;
         if serving == 0 {
             return Err(if snapshot.is_empty() {
                 PickError::NoReadyEndpoint {
@@ -601,6 +569,11 @@ impl Scheduler {
             }
             Policy::RoundRobin | Policy::Random => false,
         };
+        if saturated && ask.priority < 0 && sampled {
+            // Only part of the pool was scored: confirm on the whole pool before shedding.
+            drop(cands);
+            return self.decide(table, request, now, explain, true);
+        }
         if saturated && ask.priority < 0 {
             let best = cands.iter().map(|c| c.cost).fold(f64::INFINITY, f64::min);
             let retry_after = match self.policy {
@@ -824,6 +797,161 @@ impl Scheduler {
             "candidates": candidates,
             "excluded": excluded,
         })
+    }
+}
+
+/// One pick's pass over the snapshot: filters endpoints into candidates and counts why others
+/// were left out.
+struct Scan<'s, 'a> {
+    snapshot: &'s Snapshot,
+    model: u128,
+    ask_model: &'a str,
+    candidates_filter: Option<&'s [String]>,
+    exclude: &'s [String],
+    filters: bool,
+    now_ns: u64,
+    max_age_ns: u64,
+    explain: bool,
+    /// Endpoint id → leading prompt blocks it holds, sorted by id.
+    prefix_holders: &'s [(u32, u32)],
+    /// Endpoints that served this session, sorted by id.
+    session_holders: &'s [(u32, u32)],
+    serving: usize,
+    stale: usize,
+    not_ready: usize,
+    filtered: usize,
+    excluded: Vec<(&'s Arc<Endpoint>, &'static str)>,
+}
+
+impl<'s> Scan<'s, '_> {
+    /// Looks at endpoint `i` of shard `s` and adds it to `cands` if it may serve the request.
+    #[inline]
+    fn consider(&mut self, s: usize, i: usize, cands: &mut Vec<Candidate>) {
+        let shard: &'s ShardView = &self.snapshot.shards[s];
+        let (hot, endpoint) = (&shard.hot[i], &shard.entries[i]);
+        let Some(is_adapter) = hot.serves(self.model, endpoint) else {
+            return;
+        };
+        self.serving += 1;
+        let mut reason = None;
+        if self.filters {
+            let address: &str = &endpoint.address;
+            if self
+                .candidates_filter
+                .is_some_and(|c| !c.iter().any(|a| a == address))
+            {
+                self.filtered += 1;
+                reason = Some("not in candidates");
+            } else if self.exclude.iter().any(|a| a == address) {
+                self.filtered += 1;
+                reason = Some("excluded");
+            }
+        }
+        let reason = reason.or_else(|| match hot.state(self.now_ns, self.max_age_ns) {
+            EndpointState::Ready => None,
+            EndpointState::Stale => {
+                self.stale += 1;
+                Some("stale")
+            }
+            EndpointState::NotReady => {
+                self.not_ready += 1;
+                Some("not_ready")
+            }
+        });
+        if let Some(reason) = reason {
+            if self.explain {
+                self.excluded.push((endpoint, reason));
+            }
+            return;
+        }
+        let inflight = hot.inflight();
+        let id = hot.counters.id;
+        let lookup = |m: &[(u32, u32)]| {
+            if m.is_empty() {
+                return 0;
+            }
+            m.binary_search_by_key(&id, |&(e, _)| e)
+                .map(|i| m[i].1)
+                .unwrap_or(0)
+        };
+        cands.push(Candidate {
+            shard: s as u32,
+            index: i as u32,
+            arrived_ns: hot.arrived_ns,
+            peak_prompt_tokens_per_second: hot.peak_prompt_tokens_per_second,
+            kv_capacity_tokens: hot.kv_capacity_tokens,
+            waiting: hot.waiting.into(),
+            running: hot.running.into(),
+            inflight_requests: inflight.requests,
+            inflight_tokens: inflight.prompt_tokens,
+            kv: hot.kv(),
+            cached_blocks: lookup(self.prefix_holders),
+            session_hit: lookup(self.session_holders) > 0,
+            adapter: if is_adapter {
+                AdapterState::of(endpoint, self.ask_model, is_adapter)
+            } else {
+                AdapterState::NotAdapter
+            },
+            cost: 0.0,
+        });
+    }
+
+    /// The bounded scan of a large pool: endpoints in snapshot order from position `start`,
+    /// wrapping, until `limit` candidates are found (or every endpoint was seen), plus every
+    /// endpoint the prefix index or the session names, wherever it is. The window starts at a
+    /// random place and shards order endpoints by address hash, so it is a random sample.
+    /// Returns whether part of the pool was left unseen.
+    fn window(
+        &mut self,
+        table: &Table,
+        cands: &mut Vec<Candidate>,
+        limit: usize,
+        start: usize,
+    ) -> bool {
+        let shards = &self.snapshot.shards;
+        let total = self.snapshot.len();
+        let (mut s, mut i) = (0, start);
+        while i >= shards[s].hot.len() {
+            i -= shards[s].hot.len();
+            s += 1;
+        }
+        let mut seen = 0;
+        while seen < total && cands.len() < limit {
+            if i >= shards[s].hot.len() {
+                (s, i) = ((s + 1) % shards.len(), 0);
+                continue;
+            }
+            self.consider(s, i, cands);
+            i += 1;
+            seen += 1;
+        }
+        if seen == total {
+            return false;
+        }
+        let mut ids: Vec<u32> = self
+            .prefix_holders
+            .iter()
+            .chain(self.session_holders)
+            .map(|&(id, _)| id)
+            .collect();
+        if ids.is_empty() {
+            return true;
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let mut offsets = Vec::with_capacity(shards.len());
+        let mut sum = 0;
+        for shard in shards {
+            offsets.push(sum);
+            sum += shard.hot.len();
+        }
+        for (hs, hi) in table.locate(self.snapshot, ids.into_iter()) {
+            let rank = offsets[hs as usize] + hi as usize;
+            if (rank + total - start) % total >= seen {
+                self.consider(hs as usize, hi as usize, cands);
+            }
+        }
+        true
     }
 }
 

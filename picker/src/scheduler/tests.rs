@@ -7,7 +7,7 @@ use inferpick_schema::{Adapters, LoadReport, ModelEntry, PickRequest};
 
 use super::*;
 use crate::table::tests::{MODEL, report};
-use crate::table::{Table, TableConfig};
+use crate::table::{DoneOutcome, Table, TableConfig};
 
 const NOW: Duration = Duration::from_secs(100);
 const ADAPTER: &str = "sql-lora";
@@ -671,4 +671,113 @@ fn policy_names_round_trip() {
         err.contains("\"fastest\"") && err.contains("least-request"),
         "{err}"
     );
+}
+
+/// `n` idle pods with the default model, `10.9.x.y:8000`.
+fn large_pool(n: usize) -> Vec<LoadReport> {
+    (0..n)
+        .map(|i| pod(&format!("10.9.{}.{}:8000", i / 250, i % 250), 0, 2, 0.2))
+        .collect()
+}
+
+#[test]
+fn a_large_pool_keeps_prefix_affinity_outside_the_scanned_window() {
+    let n = 4 * CostModel::default().scan_limit;
+    let t = table(large_pool(n));
+    let s = sched(Policy::Inferpick);
+    let ask = |user: &str| PickRequest {
+        prompt: Some(long_prompt('p', user)),
+        ..req()
+    };
+    let first = s.pick(&t, &ask("first"), NOW).unwrap();
+    // Each pick scans a random quarter of the pool; the pod holding the prefix is found anyway.
+    for i in 0..6 {
+        // Fresh reports close the previous picks' in-flight share, as in a real pool.
+        let mut reports = large_pool(n);
+        for r in &mut reports {
+            r.seq = 2 + i;
+        }
+        t.ingest_batch(reports, NOW).unwrap();
+        let next = s.pick(&t, &ask(&format!("follow-up {i}")), NOW).unwrap();
+        assert_eq!(next.endpoint, first.endpoint, "pick {i}");
+    }
+}
+
+#[test]
+fn a_large_pool_is_shed_only_when_the_whole_pool_is_saturated() {
+    let n = 4 * CostModel::default().scan_limit;
+    let mut reports = large_pool(n);
+    for r in &mut reports {
+        r.load.requests_waiting = Some(9);
+    }
+    let free = reports[n / 2].endpoint.address.clone();
+    reports[n / 2].load.requests_waiting = Some(0);
+    let t = table(reports);
+    let s = sched(Policy::Inferpick);
+    let sheddable = PickRequest {
+        priority: Some(-1),
+        ..req()
+    };
+    // Most windows miss the one free pod; shedding must still look at the whole pool.
+    for i in 0..20 {
+        let p = s
+            .pick(&t, &sheddable, NOW)
+            .unwrap_or_else(|e| panic!("pick {i}: {e}"));
+        assert_eq!(*p.endpoint, *free, "pick {i}");
+        assert_eq!(t.done(p.decision_id.as_u128(), NOW), DoneOutcome::Closed);
+    }
+    // Once the free pod is busy too, the request is shed.
+    let mut busy = pod(&free, 9, 2, 0.2);
+    busy.seq = 2;
+    t.ingest(busy, NOW).unwrap();
+    assert!(matches!(
+        s.pick(&t, &sheddable, NOW),
+        Err(PickError::Shed { .. })
+    ));
+}
+
+#[test]
+fn a_large_pool_prefers_its_least_loaded_pods_and_explains_them_all() {
+    let n = 4 * CostModel::default().scan_limit;
+    let mut reports = large_pool(n);
+    for (i, r) in reports.iter_mut().enumerate() {
+        r.load.requests_waiting = Some(if i % 8 == 0 { 0 } else { 30 });
+    }
+    let t = table(reports);
+    let s = sched(Policy::Inferpick);
+    for i in 0..50 {
+        let p = s.pick(&t, &req(), NOW).unwrap();
+        let e = t.snapshot();
+        let chosen = e.get(&p.endpoint).unwrap();
+        assert_eq!(
+            chosen.report.load.requests_waiting,
+            Some(0),
+            "pick {i} went to a busy pod"
+        );
+    }
+    let explained = s.pick_explained(&t, &req(), NOW).unwrap();
+    assert_eq!(
+        explained.explain.unwrap()["candidates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        n,
+        "explain scores the whole pool"
+    );
+}
+
+#[test]
+fn a_large_pool_that_is_all_stale_names_every_endpoint_in_the_error() {
+    let n = 4 * CostModel::default().scan_limit;
+    let t = table(large_pool(n));
+    let later = NOW + Duration::from_secs(5);
+    match sched(Policy::Inferpick).pick(&t, &req(), later) {
+        Err(PickError::NoReadyEndpoint { reason, .. }) => {
+            assert!(
+                reason.contains(&format!("{n} endpoint(s) serve it: {n} stale")),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }
