@@ -1,6 +1,7 @@
 //! `Scheduler::pick` at 10, 100, 1,000 and 10,000 endpoints for every profile, against round-robin
 //! on the same table. Criterion measures the means; a second pass times single picks to print the
-//! median and p99 that TESTING.md's targets are written in.
+//! median and p99 that TESTING.md's targets are written in (`PICK_SIZES=1000` and
+//! `PICK_POLICIES=inferpick,gie` narrow that pass, e.g. to profile one case).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -117,6 +118,14 @@ fn percentiles(policy: Policy, n: usize, picks: usize) -> (f64, f64) {
     (times[times.len() / 2], times[times.len() * 99 / 100])
 }
 
+/// A comma-separated list from the environment (to profile one case), or `default`.
+fn env_list(name: &str, default: &[String]) -> Vec<String> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
+        _ => default.to_vec(),
+    }
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     criterion_benches(&mut c);
@@ -127,10 +136,21 @@ fn main() {
         "{:>7} {:>14} {:>9} {:>9} {:>10} {:>10}",
         "table", "policy", "p50", "p99", "p50/rr", "p99/rr"
     );
-    for n in SIZES {
+    let sizes = env_list("PICK_SIZES", &SIZES.map(|n| n.to_string()));
+    let policies = env_list(
+        "PICK_POLICIES",
+        &Policy::ALL.map(|p| p.as_str().to_string()),
+    );
+    for n in sizes
+        .iter()
+        .map(|n| n.parse::<usize>().expect("PICK_SIZES: numbers"))
+    {
         let picks = if n >= 10_000 { 3_000 } else { 20_000 };
         let rr = percentiles(Policy::RoundRobin, n, picks);
-        for policy in Policy::ALL {
+        for policy in policies
+            .iter()
+            .map(|p| p.parse::<Policy>().expect("PICK_POLICIES"))
+        {
             let (p50, p99) = if policy == Policy::RoundRobin {
                 rr
             } else {

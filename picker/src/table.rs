@@ -148,7 +148,8 @@ impl Live {
 struct Ids {
     next: u32,
     free: Vec<u32>,
-    chunks: Vec<Arc<CounterChunk>>,
+    /// Replaced (not changed) when it grows, so a snapshot can hold the list it was published with.
+    chunks: Arc<Vec<Arc<CounterChunk>>>,
 }
 
 impl Ids {
@@ -166,8 +167,10 @@ impl Ids {
             self.next - 1
         });
         let chunk = id as usize / CHUNK;
-        while self.chunks.len() <= chunk {
-            self.chunks.push(Arc::new(CounterChunk::new()));
+        if self.chunks.len() <= chunk {
+            let mut grown = self.chunks.as_ref().clone();
+            grown.resize_with(chunk + 1, || Arc::new(CounterChunk::new()));
+            self.chunks = Arc::new(grown);
         }
         let live = Live {
             id,
@@ -383,27 +386,32 @@ impl IngestError {
 /// What a pick reads of one endpoint, copied out of its report when the shard is published and
 /// laid out contiguously, shard by shard: a pick over thousands of endpoints is then a linear scan
 /// of small records that never dereferences an endpoint unless a filter or an adapter needs it.
+/// One cache line each.
 #[derive(Debug, Clone)]
+#[repr(C, align(64))]
 pub(crate) struct Hot {
     /// Key of the first model the endpoint lists (`0` when it lists none).
     pub(crate) model: u128,
-    /// The first model is a LoRA adapter.
-    pub(crate) model_is_adapter: bool,
-    /// It lists more than one model: other keys are in the endpoint's [`ModelKeys`].
-    pub(crate) more_models: bool,
-    pub(crate) ready: bool,
     /// Arrival of its report, in nanoseconds on the picker's clock.
     pub(crate) arrived_ns: u64,
-    pub(crate) waiting: u32,
-    pub(crate) running: u32,
     /// KV cache utilization; NaN when not reported.
     pub(crate) kv: f64,
     /// KV capacity in tokens; 0 when unknown (the cost treats both alike).
     pub(crate) kv_capacity_tokens: u64,
     /// Peak prompt throughput (tokens/s); 0 when never reported.
     pub(crate) peak_prompt_tokens_per_second: f64,
-    pub(crate) counters: Live,
+    pub(crate) waiting: u32,
+    pub(crate) running: u32,
+    /// The endpoint's id: its counters are [`Snapshot::counters`]`(id)`.
+    pub(crate) id: u32,
+    pub(crate) ready: bool,
+    /// The first model is a LoRA adapter.
+    pub(crate) model_is_adapter: bool,
+    /// It lists more than one model: other keys are in the endpoint's [`ModelKeys`].
+    pub(crate) more_models: bool,
 }
+
+const _: () = assert!(std::mem::size_of::<Hot>() == 64);
 
 impl Hot {
     fn of(e: &Endpoint) -> Self {
@@ -419,7 +427,7 @@ impl Hot {
             kv: e.signals.kv.unwrap_or(f64::NAN),
             kv_capacity_tokens: e.signals.kv_capacity_tokens.unwrap_or(0),
             peak_prompt_tokens_per_second: e.peak_prompt_tokens_per_second.unwrap_or(0.0),
-            counters: (*e.live).clone(),
+            id: e.live.id,
         }
     }
 
@@ -453,12 +461,6 @@ impl Hot {
     pub(crate) fn kv(&self) -> Option<f64> {
         (!self.kv.is_nan()).then_some(self.kv)
     }
-
-    /// The in-flight estimate now.
-    #[inline]
-    pub(crate) fn inflight(&self) -> Inflight {
-        self.counters.inflight()
-    }
 }
 
 /// A duration in whole nanoseconds, saturating (u64 nanoseconds span 584 years).
@@ -485,6 +487,8 @@ impl ShardView {
 #[derive(Debug)]
 pub struct Snapshot {
     pub(crate) shards: Vec<Arc<ShardView>>,
+    /// The counters of every endpoint id in this snapshot, by id.
+    chunks: Arc<Vec<Arc<CounterChunk>>>,
     /// The staleness bound in force when the snapshot was taken.
     pub max_report_age: Duration,
 }
@@ -512,6 +516,16 @@ impl Snapshot {
             .binary_search_by(|e| (*e.address).cmp(address))
             .ok()
             .map(|i| &shard[i])
+    }
+
+    /// The in-flight estimate now of the endpoint with id `id` (an id of this snapshot).
+    #[inline]
+    pub(crate) fn inflight(&self, id: u32) -> Inflight {
+        let c = &self.chunks[id as usize / CHUNK].cells[id as usize % CHUNK];
+        Inflight {
+            requests: c.inflight_requests.load(Ordering::Acquire),
+            prompt_tokens: c.inflight_tokens.load(Ordering::Acquire),
+        }
     }
 
     /// The endpoint at position `index` of shard `shard`, as the scheduler's scan numbers them.
@@ -580,6 +594,7 @@ impl Table {
         Self {
             published: ArcSwap::from_pointee(Snapshot {
                 shards: (0..SHARDS).map(|_| Arc::default()).collect(),
+                chunks: Arc::default(),
                 max_report_age: config.max_report_age,
             }),
             config: ArcSwap::from_pointee(config),
@@ -604,6 +619,7 @@ impl Table {
         let current = self.published.load();
         self.published.store(Arc::new(Snapshot {
             shards: current.shards.clone(),
+            chunks: current.chunks.clone(),
             max_report_age,
         }));
     }
@@ -628,11 +644,14 @@ impl Table {
         }
         let view = Arc::new(ShardView::new(entries));
         let _publishing = lock(&self.publish);
+        // Every id in `view` was handed out before this, so its chunk is in the list.
+        let chunks = lock(&self.ids).chunks.clone();
         let current = self.published.load();
         let mut shards = current.shards.clone();
         shards[i] = view;
         self.published.store(Arc::new(Snapshot {
             shards,
+            chunks,
             max_report_age: current.max_report_age,
         }));
     }
@@ -839,7 +858,7 @@ impl Table {
                 .get(shard as usize)?
                 .hot
                 .get(index as usize)?;
-            (found.counters.id == id).then_some((shard, index))
+            (found.id == id).then_some((shard, index))
         })
         .collect()
     }
@@ -1119,13 +1138,13 @@ pub(crate) mod tests {
         for shard in &s.shards {
             assert_eq!(shard.hot.len(), shard.entries.len());
             for (h, e) in shard.hot.iter().zip(&shard.entries) {
-                assert_eq!(h.counters.id, e.live.id, "{}", e.address);
+                assert_eq!(h.id, e.live.id, "{}", e.address);
                 assert_eq!(h.arrived_ns, duration_ns(e.arrived_at));
                 assert_eq!(h.ready, e.report.engine.ready);
                 assert_eq!(h.waiting, e.report.load.requests_waiting.unwrap_or(0));
                 assert_eq!(h.running, e.report.load.requests_running.unwrap_or(0));
                 assert_eq!(h.kv(), e.report.load.kv_cache_utilization);
-                assert_eq!(h.inflight(), e.inflight());
+                assert_eq!(s.inflight(h.id), e.inflight());
                 for m in &e.report.models {
                     assert_eq!(
                         h.serves(model_key(&m.name), e),
@@ -1199,7 +1218,7 @@ pub(crate) mod tests {
         let e = s.get("10.1.0.3:8000").unwrap();
         t.record(e, 1, 300, &[]);
         assert_eq!(
-            hot("10.1.0.3:8000").inflight(),
+            s.inflight(hot("10.1.0.3:8000").id),
             Inflight {
                 requests: 1,
                 prompt_tokens: 300

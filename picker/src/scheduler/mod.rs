@@ -21,7 +21,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::prefix::{block_hashes, session_hash};
-use crate::table::{Endpoint, EndpointState, ShardView, Snapshot, Table, duration_ns, model_key};
+use crate::table::{
+    Endpoint, EndpointState, Hot, ShardView, Snapshot, Table, duration_ns, model_key,
+};
 
 pub use cost::CostModel;
 
@@ -515,8 +517,8 @@ impl Scheduler {
             scan.window(table, &mut cands, limit, rng.random_range(0..total))
         } else {
             for (s, shard) in snapshot.shards.iter().enumerate() {
-                for i in 0..shard.hot.len() {
-                    scan.consider(s, i, &mut cands);
+                for (i, (hot, endpoint)) in shard.hot.iter().zip(&shard.entries).enumerate() {
+                    scan.consider((s, i), hot, endpoint, &mut cands);
                 }
             }
             false
@@ -826,9 +828,13 @@ struct Scan<'s, 'a> {
 impl<'s> Scan<'s, '_> {
     /// Looks at endpoint `i` of shard `s` and adds it to `cands` if it may serve the request.
     #[inline]
-    fn consider(&mut self, s: usize, i: usize, cands: &mut Vec<Candidate>) {
-        let shard: &'s ShardView = &self.snapshot.shards[s];
-        let (hot, endpoint) = (&shard.hot[i], &shard.entries[i]);
+    fn consider(
+        &mut self,
+        (s, i): (usize, usize),
+        hot: &Hot,
+        endpoint: &'s Arc<Endpoint>,
+        cands: &mut Vec<Candidate>,
+    ) {
         let Some(is_adapter) = hot.serves(self.model, endpoint) else {
             return;
         };
@@ -864,8 +870,8 @@ impl<'s> Scan<'s, '_> {
             }
             return;
         }
-        let inflight = hot.inflight();
-        let id = hot.counters.id;
+        let id = hot.id;
+        let inflight = self.snapshot.inflight(id);
         let lookup = |m: &[(u32, u32)]| {
             if m.is_empty() {
                 return 0;
@@ -908,8 +914,9 @@ impl<'s> Scan<'s, '_> {
         limit: usize,
         start: usize,
     ) -> bool {
-        let shards = &self.snapshot.shards;
-        let total = self.snapshot.len();
+        let snapshot: &'s Snapshot = self.snapshot;
+        let shards = &snapshot.shards;
+        let total = snapshot.len();
         let (mut s, mut i) = (0, start);
         while i >= shards[s].hot.len() {
             i -= shards[s].hot.len();
@@ -917,13 +924,16 @@ impl<'s> Scan<'s, '_> {
         }
         let mut seen = 0;
         while seen < total && cands.len() < limit {
-            if i >= shards[s].hot.len() {
-                (s, i) = ((s + 1) % shards.len(), 0);
-                continue;
+            let shard: &'s ShardView = &shards[s];
+            let (hot, entries) = (&shard.hot[..], &shard.entries[..]);
+            while i < hot.len() && seen < total && cands.len() < limit {
+                self.consider((s, i), &hot[i], &entries[i], cands);
+                i += 1;
+                seen += 1;
             }
-            self.consider(s, i, cands);
-            i += 1;
-            seen += 1;
+            if i >= hot.len() {
+                (s, i) = ((s + 1) % shards.len(), 0);
+            }
         }
         if seen == total {
             return false;
@@ -948,7 +958,9 @@ impl<'s> Scan<'s, '_> {
         for (hs, hi) in table.locate(self.snapshot, ids.into_iter()) {
             let rank = offsets[hs as usize] + hi as usize;
             if (rank + total - start) % total >= seen {
-                self.consider(hs as usize, hi as usize, cands);
+                let (hs, hi) = (hs as usize, hi as usize);
+                let shard: &'s ShardView = &shards[hs];
+                self.consider((hs, hi), &shard.hot[hi], &shard.entries[hi], cands);
             }
         }
         true

@@ -781,3 +781,35 @@ fn a_large_pool_that_is_all_stale_names_every_endpoint_in_the_error() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_large_pool_with_few_ready_pods_offers_each_once() {
+    let n = 4 * CostModel::default().scan_limit;
+    let mut reports = large_pool(n);
+    for (i, r) in reports.iter_mut().enumerate() {
+        r.engine.ready = i % 100 == 7;
+    }
+    let ready = reports.iter().filter(|r| r.engine.ready).count();
+    let t = table(reports);
+    let s = sched(Policy::Inferpick);
+    for i in 0..20 {
+        let p = s
+            .pick(
+                &t,
+                &PickRequest {
+                    fallbacks: Some(16),
+                    ..req()
+                },
+                NOW,
+            )
+            .unwrap();
+        let mut all: Vec<&str> = std::iter::once(&p.endpoint)
+            .chain(&p.fallbacks)
+            .map(|a| &**a)
+            .collect();
+        assert_eq!(all.len(), ready, "pick {i}: every ready pod, once");
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), ready, "pick {i}: no pod twice");
+    }
+}
