@@ -52,7 +52,8 @@ struct Lru {
     live: usize,
 }
 
-/// Block hash → endpoints that probably hold it, with per-endpoint LRU bounds.
+/// Block hash → endpoints that probably hold it (each list sorted by endpoint id, so a lookup
+/// intersects lists by merging), with per-endpoint LRU bounds.
 #[derive(Debug)]
 pub struct PrefixIndex {
     holders: HashMap<u64, Vec<(u32, u64)>>,
@@ -78,18 +79,20 @@ impl PrefixIndex {
         let Some(first) = hashes.first().and_then(|h| self.holders.get(h)) else {
             return Vec::new();
         };
+        // Holder lists are sorted by id, so `matched` is too, and each depth is one merge.
         let mut matched: Vec<(u32, u32)> = first.iter().map(|&(id, _)| (id, 1)).collect();
-        matched.sort_unstable();
         for (depth, hash) in hashes.iter().enumerate().skip(1) {
             let Some(holders) = self.holders.get(hash) else {
                 break;
             };
             let mut progressed = false;
-            for &(id, _) in holders {
-                if let Ok(i) = matched.binary_search_by_key(&id, |&(e, _)| e)
-                    && matched[i].1 as usize == depth
-                {
-                    matched[i].1 += 1;
+            let mut j = 0;
+            for m in matched.iter_mut().filter(|m| m.1 as usize == depth) {
+                while j < holders.len() && holders[j].0 < m.0 {
+                    j += 1;
+                }
+                if j < holders.len() && holders[j].0 == m.0 {
+                    m.1 += 1;
                     progressed = true;
                 }
             }
@@ -109,16 +112,19 @@ impl PrefixIndex {
             self.tick += 1;
             let stamp = self.tick;
             let holders = self.holders.entry(hash).or_default();
-            match holders.iter_mut().find(|(e, _)| *e == id) {
-                Some(entry) => entry.1 = stamp,
-                None => {
+            match holders.binary_search_by_key(&id, |&(e, _)| e) {
+                Ok(i) => holders[i].1 = stamp,
+                Err(mut at) => {
                     if holders.len() >= HOLDERS_PER_BLOCK {
                         let oldest = (0..holders.len())
                             .min_by_key(|&i| holders[i].1)
                             .expect("a full holder list is not empty");
-                        displaced.push(holders.swap_remove(oldest).0);
+                        displaced.push(holders.remove(oldest).0);
+                        if oldest < at {
+                            at -= 1;
+                        }
                     }
-                    holders.push((id, stamp));
+                    holders.insert(at, (id, stamp));
                     added += 1;
                 }
             }
@@ -187,7 +193,7 @@ fn remove_holder(
     else {
         return false;
     };
-    list.swap_remove(pos);
+    list.remove(pos);
     if list.is_empty() {
         holders.remove(&hash);
     }
@@ -280,6 +286,29 @@ mod tests {
             idx.insert(0, &block_hashes(&format!("{i}{}", prompt(1, 'x')), 10));
         }
         assert!(idx.blocks_of(0) <= 100);
+    }
+
+    #[test]
+    fn holder_lists_stay_sorted_through_inserts_evictions_and_forgets() {
+        let mut idx = PrefixIndex::new(3);
+        let shared = block_hashes(&prompt(2, 's'), 10);
+        // Ids in a scrambled order, more than a block keeps, some blocks evicted by the LRU bound.
+        for k in 0..(3 * HOLDERS_PER_BLOCK as u32) {
+            let id = (k * 37) % 101;
+            idx.insert(id, &shared);
+            if k % 5 == 0 {
+                idx.insert(id, &block_hashes(&format!("{k}{}", prompt(2, 'x')), 10));
+            }
+            if k % 7 == 0 {
+                idx.forget((k * 13) % 101);
+            }
+            for list in idx.holders.values() {
+                assert!(list.windows(2).all(|w| w[0].0 < w[1].0), "{list:?}");
+            }
+        }
+        let m = idx.matches(&shared);
+        assert!(m.windows(2).all(|w| w[0].0 < w[1].0), "{m:?}");
+        assert!(m.iter().all(|&(_, depth)| depth >= 1));
     }
 
     #[test]
