@@ -49,7 +49,7 @@ pub struct DemoArgs {
     /// How long each policy is driven.
     #[arg(long, env = "INFERPICK_DURATION", default_value = "40s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Which gateway fronts the fleet (only `builtin` is available in this version).
+    /// Which gateway fronts the fleet: `builtin` (needs nothing), `nginx` or `envoy` (the real programs, when installed).
     #[arg(long, env = "INFERPICK_GATEWAY", value_enum, default_value = "builtin")]
     pub gateway: GatewayKind,
     /// Leave everything running afterwards and print the URLs (Ctrl-C stops it).
@@ -340,12 +340,6 @@ async fn load_command(args: LoadArgs) -> anyhow::Result<()> {
 }
 
 async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
-    if args.gateway != GatewayKind::Builtin {
-        anyhow::bail!(
-            "--gateway {:?}: only the built-in gateway is available in this version; run without --gateway",
-            args.gateway
-        );
-    }
     let workload = match &args.workload {
         Some(w) => Workload::load(w)?,
         None => Workload::parse(demo::DEMO_WORKLOAD, "lab/workloads/demo.yaml")?,
@@ -356,6 +350,7 @@ async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
         load: args.load,
         workload,
         seed: args.seed,
+        gateway: args.gateway,
     };
     let outcome = demo::run(&config, |line| eprintln!("{line}")).await?;
     let heading = format!(
@@ -393,7 +388,7 @@ async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
         let (fleet, gateways) = &outcome.kept;
         println!("\nstill running (Ctrl-C stops everything):");
         for (name, gw) in gateways {
-            println!("  gateway ({name}):  http://{}/v1/completions", gw.addr);
+            println!("  gateway ({name}):  http://{}/v1/completions", gw.addr());
         }
         println!(
             "  picker:   http://{}/v1/endpoints  http://{}/metrics",

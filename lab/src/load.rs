@@ -167,6 +167,8 @@ async fn one(client: &reqwest::Client, url: &str, model: &str, req: &Request) ->
     let sent = Instant::now();
     let resp = match client
         .post(url)
+        // Gateways that cannot read the body (nginx auth_request) learn the model from this header.
+        .header("x-gateway-model-name", model)
         .header("x-inferpick-priority", req.priority.to_string())
         .json(&body)
         .send()

