@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::prefix::{block_hashes, session_hash};
 use crate::table::{
-    Endpoint, EndpointState, Hot, ShardView, Snapshot, Table, duration_ns, model_key,
+    Endpoint, EndpointState, Hot, Inflight, ShardView, Snapshot, Table, duration_ns, model_key,
 };
 
 pub use cost::CostModel;
@@ -495,6 +495,8 @@ impl Scheduler {
             candidates_filter,
             exclude,
             filters: candidates_filter.is_some() || !exclude.is_empty(),
+            read_inflight: explain
+                || matches!(self.policy, Policy::Inferpick | Policy::LeastRequest),
             now_ns: duration_ns(now),
             max_age_ns: duration_ns(snapshot.max_report_age),
             explain,
@@ -811,6 +813,8 @@ struct Scan<'s, 'a> {
     candidates_filter: Option<&'s [String]>,
     exclude: &'s [String],
     filters: bool,
+    /// The profile (or explain) reads the in-flight estimate; the others skip the counters.
+    read_inflight: bool,
     now_ns: u64,
     max_age_ns: u64,
     explain: bool,
@@ -871,7 +875,11 @@ impl<'s> Scan<'s, '_> {
             return;
         }
         let id = hot.id;
-        let inflight = self.snapshot.inflight(id);
+        let inflight = if self.read_inflight {
+            self.snapshot.inflight(id)
+        } else {
+            Inflight::default()
+        };
         let lookup = |m: &[(u32, u32)]| {
             if m.is_empty() {
                 return 0;
