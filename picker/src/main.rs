@@ -37,38 +37,33 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let http = listener.local_addr()?;
-    let grpc = settings.grpc_listen.map_or_else(
-        || "off".to_string(),
-        |a| format!("{a} (ext_proc: served by a later release)"),
-    );
+    let grpc = settings
+        .grpc_listen
+        .map_or_else(|| "off".to_string(), |a| a.to_string());
+    // Installed before "listening" is logged: a SIGTERM sent as soon as the picker says it is up
+    // must stop it cleanly, not kill it with the default action.
+    let shutdown = shutdown()?;
     tracing::info!(%http, policy = %settings.policy, grpc = %grpc, "listening");
-    run(settings, listener, shutdown()).await?;
+    run(settings, listener, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown() {
+/// Installs the SIGTERM handler now and returns a future that resolves on SIGTERM or Ctrl-C.
+fn shutdown() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutting down: finishing requests in flight");
+        tracing::info!("shutting down: finishing requests in flight");
+    })
 }
 
 /// Logs to stderr, as text or (with `INFERPICK_LOG_FORMAT=json`) JSON lines; `RUST_LOG` filters.
