@@ -481,3 +481,74 @@ pub async fn in_flight_closes_when_streams_end(s: &Setup, gateway: SocketAddr, s
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Starts Envoy with `deploy/gateways/envoy/<file>` (`fail-open` or `fail-closed` variant by
+/// `failure`), filling every placeholder the file has, and waits for its admin `/ready`.
+/// `None` when Envoy is not installed (the test is skipped, or fails with INFERPICK_REQUIRE_E2E=1).
+pub async fn start_envoy(
+    s: &Setup,
+    test: &str,
+    stem: &str,
+    failure: Failure,
+) -> Option<(ChildGuard, SocketAddr)> {
+    let envoy = inferpick_tests::tool::ENVOY.or_skip(test)?;
+    let (listen, admin) = (free_port().unwrap(), free_port().unwrap());
+    let variant = match failure {
+        Failure::Open => "fail-open",
+        Failure::Closed => "fail-closed",
+    };
+    let file = format!("{stem}-{variant}.yaml");
+    let fallback = s.endpoints()[0];
+    let template = gateway_file(&format!("envoy/{file}"));
+    let vars: Vec<(&str, String)> = [
+        ("LISTEN_PORT", listen.to_string()),
+        ("ADMIN_PORT", admin.to_string()),
+        ("PICKER_HOST", s.picker.addr.ip().to_string()),
+        ("PICKER_PORT", s.picker.addr.port().to_string()),
+        ("PICKER_GRPC_PORT", s.picker.grpc.port().to_string()),
+        ("FALLBACK_HOST", fallback.ip().to_string()),
+        ("FALLBACK_PORT", fallback.port().to_string()),
+    ]
+    .into_iter()
+    .filter(|(k, _)| template.contains(&format!("{{{{{k}}}}}")))
+    .collect();
+    let config = s.dir.write(&file, render(&template, &vars)).unwrap();
+    let base_id = listen.to_string();
+    let mut child = ChildGuard::spawn(
+        "envoy",
+        command(
+            &envoy,
+            &[
+                "-c",
+                config.to_str().unwrap(),
+                "--base-id",
+                &base_id,
+                "-l",
+                "warning",
+            ],
+        ),
+        s.dir.path(),
+    )
+    .unwrap();
+    let ready = format!("http://127.0.0.1:{admin}/ready");
+    let start = std::time::Instant::now();
+    loop {
+        if let Err(e) = child.check_running() {
+            panic!("envoy exited: {e}");
+        }
+        if s.http
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "envoy not ready after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Some((child, format!("127.0.0.1:{listen}").parse().unwrap()))
+}
