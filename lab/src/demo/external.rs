@@ -2,6 +2,7 @@
 //! the picker (nginx `auth_request`, Envoy ext_proc), or their own round robin for the baseline.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,8 +27,23 @@ pub struct ExternalGateway {
 }
 
 impl Drop for ExternalGateway {
+    /// Stops the gateway's whole process group: SIGKILL to nginx's master alone would orphan its
+    /// workers. SIGTERM first (both programs then stop their workers), SIGKILL after 5 s.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let signal = |sig: &str| {
+            let _ = Command::new("kill")
+                .args([sig, "--", &group])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        };
+        signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        signal("-KILL");
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -192,7 +208,9 @@ fn start(
     let log = std::fs::File::create(dir.join("gateway.log"))?;
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
-        .stderr(log);
+        .stderr(log)
+        // Its own process group, so that stopping it stops the workers it forks.
+        .process_group(0);
     let child = cmd
         .spawn()
         .with_context(|| format!("starting {:?}", cmd.get_program()))?;
