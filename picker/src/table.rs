@@ -86,6 +86,10 @@ pub(crate) struct Counters {
     inflight_tokens: AtomicU64,
     /// Bumped by every accepted report: decisions of an older epoch are already in the engine's counts.
     epoch: AtomicU64,
+    /// When the prefill work routed here is plausibly done (nanoseconds on the picker's clock):
+    /// each decision extends it by its prompt's prefill time. Reports do not reset it, because a
+    /// report shows a routed request as one more running request, not the prefill it still carries.
+    prefill_busy_until_ns: AtomicU64,
     routed_total: AtomicU64,
     /// Where the endpoint was last published: shard in the high 32 bits, index in the low ones.
     /// A reader checks it against its snapshot (it may be newer), see [`Snapshot::locate`].
@@ -131,6 +135,15 @@ impl Live {
             requests: c.inflight_requests.load(Ordering::Acquire),
             prompt_tokens: c.inflight_tokens.load(Ordering::Acquire),
         }
+    }
+
+    /// Bounds the routed prefill backlog to end by `until_ns`.
+    fn bound_prefill(&self, until_ns: u64) {
+        let _ = self.counters().prefill_busy_until_ns.fetch_update(
+            Ordering::AcqRel,
+            Ordering::Acquire,
+            |b| Some(b.min(until_ns)),
+        );
     }
 
     /// Starts a new epoch: nothing routed before it counts as in flight any more.
@@ -180,6 +193,9 @@ impl Ids {
         // endpoint cannot undo anything when their `done` arrives.
         live.close_epoch();
         live.counters().routed_total.store(0, Ordering::Relaxed);
+        live.counters()
+            .prefill_busy_until_ns
+            .store(0, Ordering::Release);
         live
     }
 }
@@ -193,8 +209,10 @@ pub struct Endpoint {
     pub report: Arc<LoadReport>,
     /// When it arrived, on the picker's clock.
     pub arrived_at: Duration,
-    /// Highest prompt throughput seen recently (decays slowly): an idle engine reports a low rate,
-    /// so its last rate says little about what it can do.
+    /// Estimated prefill capacity (tokens/s): a slow moving average of the prompt rate over the
+    /// report intervals in which the engine had requests waiting (only then is the rate bounded by
+    /// capacity rather than demand), each sample capped so that a few long prompts finishing in one
+    /// interval cannot make the endpoint look several times faster. Unknown until it has queued.
     pub peak_prompt_tokens_per_second: Option<f64>,
     /// The report's load signals the scheduler reads for every endpoint, copied here so a pick
     /// over thousands of endpoints does not chase a pointer to each report.
@@ -260,8 +278,30 @@ pub(crate) struct Signals {
     pub(crate) kv_capacity_tokens: Option<u64>,
 }
 
-/// How much of the previous peak survives each report (0.999 per 100 ms halves it in about 70 s).
-const PEAK_DECAY: f64 = 0.999;
+/// How far past its arrival a report showing an empty queue lets the routed prefill backlog run.
+const IDLE_REPORT_PREFILL_BOUND: Duration = Duration::from_secs(1);
+
+/// Weight of one busy interval's prompt rate in the capacity estimate.
+const CAPACITY_WEIGHT: f64 = 0.05;
+/// A busy interval's rate counts at most this multiple of the current estimate.
+const CAPACITY_SAMPLE_CAP: f64 = 2.0;
+/// Prefill rate assumed before an estimate exists, to cap the first samples (tokens/s).
+const CAPACITY_FIRST_CAP: f64 = 20_000.0;
+
+/// The capacity estimate after a report that observed `observed` tokens/s with `waiting` queued.
+fn next_capacity(previous: Option<f64>, observed: Option<f64>, waiting: u32) -> Option<f64> {
+    match observed {
+        Some(o) if waiting > 0 && o.is_finite() && o > 0.0 => {
+            let base = previous.unwrap_or(CAPACITY_FIRST_CAP);
+            let sample = o.min(base * CAPACITY_SAMPLE_CAP);
+            Some(match previous {
+                Some(p) => p + CAPACITY_WEIGHT * (sample - p),
+                None => sample,
+            })
+        }
+        _ => previous,
+    }
+}
 
 pub(crate) fn name_hash(name: &str) -> u64 {
     let mut h = DefaultHasher::new();
@@ -276,11 +316,11 @@ impl Endpoint {
         previous_peak: Option<f64>,
         live: Arc<Live>,
     ) -> Self {
-        let observed = report.load.prompt_tokens_per_second;
-        let peak = match (observed, previous_peak) {
-            (Some(o), Some(p)) => Some(o.max(p * PEAK_DECAY)),
-            (o, p) => o.or(p.map(|p| p * PEAK_DECAY)),
-        };
+        let peak = next_capacity(
+            previous_peak,
+            report.load.prompt_tokens_per_second,
+            report.load.requests_waiting.unwrap_or(0),
+        );
         let model_keys = ModelKeys::new(&report.models);
         let load = &report.load;
         let signals = Signals {
@@ -398,7 +438,7 @@ pub(crate) struct Hot {
     pub(crate) kv: f64,
     /// KV capacity in tokens; 0 when unknown (the cost treats both alike).
     pub(crate) kv_capacity_tokens: u64,
-    /// Peak prompt throughput (tokens/s); 0 when never reported.
+    /// Prefill capacity estimate (tokens/s); 0 when unknown.
     pub(crate) peak_prompt_tokens_per_second: f64,
     pub(crate) waiting: u32,
     pub(crate) running: u32,
@@ -528,6 +568,14 @@ impl Snapshot {
         }
     }
 
+    /// When the prefill routed to the endpoint with id `id` is plausibly done (nanoseconds).
+    #[inline]
+    pub(crate) fn prefill_busy_until_ns(&self, id: u32) -> u64 {
+        self.chunks[id as usize / CHUNK].cells[id as usize % CHUNK]
+            .prefill_busy_until_ns
+            .load(Ordering::Acquire)
+    }
+
     /// The endpoint at position `index` of shard `shard`, as the scheduler's scan numbers them.
     pub(crate) fn entry(&self, shard: u32, index: u32) -> &Arc<Endpoint> {
         &self.shards[shard as usize].entries[index as usize]
@@ -550,6 +598,9 @@ struct Open {
     live: Arc<Live>,
     epoch: u64,
     prompt_tokens: u64,
+    /// Its share of the routed prefill backlog: when that backlog reached its end, and its length
+    /// (nanoseconds).
+    prefill: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -738,6 +789,16 @@ impl Table {
                 // The engine's own counts now include everything routed before this report.
                 prev.live.close_epoch();
                 let live = prev.live.clone();
+                if outcome == IngestOutcome::Restarted {
+                    // A restarted engine holds none of the work routed to its predecessor.
+                    live.bound_prefill(0);
+                } else if report.load.requests_waiting == Some(0) {
+                    // Nothing queued: whatever was routed before the report is admitted and at
+                    // most a prefill in progress remains, so the backlog cannot run far ahead.
+                    live.bound_prefill(
+                        duration_ns(now).saturating_add(duration_ns(IDLE_REPORT_PREFILL_BOUND)),
+                    );
+                }
                 let peak = prev.peak_prompt_tokens_per_second;
                 entries[pos] = Arc::new(Endpoint::new(report, now, peak, live));
                 outcome
@@ -781,6 +842,7 @@ impl Table {
 
     /// Counts a decision into `endpoint`'s in-flight estimate and the prefix index, and keeps it
     /// open for `done` feedback.
+    #[cfg(test)]
     pub(crate) fn record(
         &self,
         endpoint: &Endpoint,
@@ -788,7 +850,30 @@ impl Table {
         prompt_tokens: u64,
         prefix_keys: &[u64],
     ) {
+        self.record_with_prefill(endpoint, decision_id, prompt_tokens, prefix_keys, None);
+    }
+
+    /// [`record`](Self::record), and when `prefill` is `(now_ns, prefill_ns)` also adds
+    /// `prefill_ns` of prefill work routed at `now_ns` to the endpoint's backlog: it is done
+    /// `prefill_ns` after the later of now and the work already routed there.
+    pub(crate) fn record_with_prefill(
+        &self,
+        endpoint: &Endpoint,
+        decision_id: u128,
+        prompt_tokens: u64,
+        prefix_keys: &[u64],
+        prefill: Option<(u64, u64)>,
+    ) {
         let live = &endpoint.live;
+        let prefill = prefill.filter(|&(_, n)| n > 0).map(|(now_ns, n)| {
+            let grow = |b: u64| b.max(now_ns).saturating_add(n);
+            let before = live
+                .counters()
+                .prefill_busy_until_ns
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| Some(grow(b)))
+                .unwrap_or_else(|b| b);
+            (grow(before), n)
+        });
         let c = live.counters();
         let epoch = c.epoch.load(Ordering::Acquire);
         c.inflight_requests.fetch_add(1, Ordering::AcqRel);
@@ -805,6 +890,7 @@ impl Table {
                 live: live.clone(),
                 epoch,
                 prompt_tokens,
+                prefill,
             },
         );
         d.order.push_back(decision_id);
@@ -823,10 +909,17 @@ impl Table {
     }
 
     /// Closes an open decision: a request the gateway saw finish no longer counts as in flight.
-    pub fn done(&self, decision_id: u128, _now: Duration) -> DoneOutcome {
+    pub fn done(&self, decision_id: u128, now: Duration) -> DoneOutcome {
         let Some(open) = lock(&self.decisions).open.remove(&decision_id) else {
             return DoneOutcome::Unknown;
         };
+        // A finished request's prefill is over: take out what the backlog still holds of it.
+        if let Some((end_ns, len_ns)) = open.prefill {
+            let left = end_ns.saturating_sub(duration_ns(now)).min(len_ns);
+            if left > 0 {
+                saturating_sub(&open.live.counters().prefill_busy_until_ns, left);
+            }
+        }
         // A newer report already counts (or no longer counts) this request: nothing to undo.
         let c = open.live.counters();
         if c.epoch.load(Ordering::Acquire) == open.epoch {
@@ -1088,21 +1181,71 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn peak_prompt_throughput_survives_an_idle_report() {
+    fn prefill_capacity_survives_an_idle_report() {
         let t = Table::new(TableConfig::default());
         let mut busy = report("10.0.0.1:8000", 1);
         busy.load.prompt_tokens_per_second = Some(12_000.0);
+        busy.load.requests_waiting = Some(4);
         t.ingest(busy, T0).unwrap();
         let mut idle = report("10.0.0.1:8000", 2);
         idle.load.prompt_tokens_per_second = Some(10.0);
+        idle.load.requests_waiting = Some(0);
         t.ingest(idle, T0).unwrap();
-        let peak = t
+        let capacity = t
             .snapshot()
             .get("10.0.0.1:8000")
             .unwrap()
             .peak_prompt_tokens_per_second
             .unwrap();
-        assert!((11_900.0..12_000.0).contains(&peak), "{peak}");
+        assert_eq!(capacity, 12_000.0);
+    }
+
+    #[test]
+    fn routed_prefill_outlives_reports_until_done_or_an_empty_queue_bounds_it() {
+        let t = Table::new(TableConfig::default());
+        let addr = "10.0.0.1:8000";
+        t.ingest(report(addr, 1), T0).unwrap();
+        let now = duration_ns(T0);
+        let busy_until = |t: &Table| {
+            let s = t.snapshot();
+            s.prefill_busy_until_ns(s.get(addr).unwrap().live.id)
+        };
+        let e = t.snapshot().get(addr).unwrap().clone();
+        t.record_with_prefill(&e, 1, 4_000, &[], Some((now, 400_000_000)));
+        t.record_with_prefill(&e, 2, 2_000, &[], Some((now, 200_000_000)));
+        assert_eq!(busy_until(&t), now + 600_000_000);
+        // A report with a queue zeroes the in-flight requests but keeps their prefill.
+        let mut queued = report(addr, 2);
+        queued.load.requests_waiting = Some(2);
+        t.ingest(queued, T0).unwrap();
+        assert_eq!(t.snapshot().get(addr).unwrap().inflight().requests, 0);
+        assert_eq!(busy_until(&t), now + 600_000_000);
+        // The first request finishes 100 ms on: the 300 ms of its prefill still counted leave.
+        assert_eq!(
+            t.done(1, T0 + Duration::from_millis(100)),
+            DoneOutcome::Closed
+        );
+        assert_eq!(busy_until(&t), now + 300_000_000);
+        // A `done` after its share's end takes nothing from work routed later.
+        t.record_with_prefill(&e, 3, 9_000, &[], Some((now + 700_000_000, 500_000_000)));
+        assert_eq!(busy_until(&t), now + 1_200_000_000);
+        t.done(2, T0 + Duration::from_millis(700));
+        assert_eq!(busy_until(&t), now + 1_200_000_000);
+        // A report that shows an empty queue bounds the backlog to a second past its arrival.
+        let mut idle = report(addr, 3);
+        idle.load.requests_waiting = Some(0);
+        t.ingest(idle, T0 + Duration::from_millis(100)).unwrap();
+        assert_eq!(busy_until(&t), now + 1_100_000_000);
+    }
+
+    #[test]
+    fn a_burst_of_finished_prompts_barely_moves_the_capacity_estimate() {
+        assert_eq!(next_capacity(None, Some(50_000.0), 0), None);
+        let first = next_capacity(None, Some(15_000.0), 3).unwrap();
+        assert_eq!(first, 15_000.0);
+        // Eight times the estimate in one interval counts as twice it, at a twentieth's weight.
+        let after = next_capacity(Some(first), Some(120_000.0), 3).unwrap();
+        assert!((15_000.0..16_000.0).contains(&after), "{after}");
     }
 
     #[test]

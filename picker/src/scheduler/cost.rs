@@ -1,13 +1,17 @@
 //! The `inferpick` profile: predicted seconds to first token on each endpoint, as of now.
 //!
 //! cost = (queued prefill tokens + this prompt's uncached tokens) / prefill throughput
+//!      + the prefill this picker routed there that is not plausibly done yet
 //!      + running requests × per-request batch slowdown
 //!      + a KV pressure term k/(1−k) that grows without bound as the cache fills
 //!      + an adapter penalty when the LoRA adapter is not loaded
 //!      − a session-affinity credit.
-//! The queue includes what this picker routed since the endpoint's last report, so a burst between
-//! two reports spreads instead of herding. Prefix and session credit apply only to endpoints that
-//! are not overloaded relative to the pool (imbalance guard), so affinity cannot cause a death spiral.
+//! Routed prefill drains at the throughput it was costed at, whatever reports arrive meanwhile (a
+//! report shows a routed request as one more running request, not the prefill it still carries),
+//! so a burst between two reports spreads instead of herding. Throughput is one figure for the pool,
+//! the mean of the endpoints' capacity estimates. Prefix and session credit apply only to endpoints
+//! that are not overloaded relative to the pool (imbalance guard), so affinity cannot cause a death
+//! spiral.
 
 use rand::Rng;
 use rand::rngs::SmallRng;
@@ -25,6 +29,10 @@ pub struct CostModel {
     pub chars_per_token: f64,
     /// Prefill throughput assumed until an endpoint has shown more (tokens/s).
     pub prefill_floor_tokens_per_second: f64,
+    /// A routed prompt stays in its endpoint's backlog for this fraction of its costed prefill
+    /// time. Below 1 because the throughput is measured over steps that also decode; at 1 or above
+    /// a sustained load can make the backlog outgrow what the endpoints actually hold.
+    pub routed_prefill_drain_ratio: f64,
     /// Time-to-first-token slowdown per running request (seconds): decode steps share the batch.
     pub seconds_per_running_request: f64,
     /// Scale of the KV pressure term `k/(1−k)` (seconds).
@@ -58,6 +66,7 @@ impl Default for CostModel {
             default_prompt_tokens: 512,
             chars_per_token: 4.0,
             prefill_floor_tokens_per_second: 8_000.0,
+            routed_prefill_drain_ratio: 0.75,
             seconds_per_running_request: 0.002,
             kv_pressure_seconds: 0.15,
             adapter_load_seconds: 0.1,
@@ -93,7 +102,18 @@ pub(super) fn score(
     mut parts: Option<&mut Vec<[f64; 5]>>,
 ) {
     let m = &config.cost;
-    let min_load = cands.iter().map(|c| c.load()).min().unwrap_or(0);
+    let floor = m.prefill_floor_tokens_per_second;
+    let (min_load, capacity_sum) = cands.iter().fold((u64::MAX, 0.0), |(l, t), c| {
+        (
+            l.min(c.load()),
+            t + c.peak_prompt_tokens_per_second.max(floor),
+        )
+    });
+    let min_load = if cands.is_empty() { 0 } else { min_load };
+    // One throughput for the whole pool (the mean of the endpoints' capacity estimates): an
+    // endpoint whose estimate runs high would otherwise look faster than its peers and draw the
+    // long prompts, which is what makes their tail.
+    let throughput = capacity_sum / cands.len().max(1) as f64;
     let tokens_per_block = BLOCK_BYTES as f64 / m.chars_per_token;
     for c in cands.iter_mut() {
         let load = c.load();
@@ -105,11 +125,9 @@ pub(super) fn score(
             f64::from(c.cached_blocks) * tokens_per_block
         };
         let uncached = (ask.prompt_tokens as f64 - credit).max(0.0);
-        let queued = (c.waiting * m.default_prompt_tokens + c.inflight_tokens) as f64;
-        let throughput = c
-            .peak_prompt_tokens_per_second
-            .max(m.prefill_floor_tokens_per_second);
-        let prefill = (queued + uncached) / throughput;
+        let queued = (c.waiting * m.default_prompt_tokens) as f64;
+        c.ask_prefill_seconds = m.routed_prefill_drain_ratio * uncached / throughput;
+        let prefill = (queued + uncached) / throughput + c.prefill_backlog_seconds;
         let batch = c.running as f64 * m.seconds_per_running_request;
         let pressure = kv_estimate(c, ask.prompt_tokens).map_or(0.0, |k| {
             let k = k.min(0.99);

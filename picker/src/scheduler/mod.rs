@@ -323,8 +323,12 @@ pub(crate) struct Candidate {
     pub(crate) index: u32,
     /// When its report arrived (nanoseconds on the picker's clock).
     pub(crate) arrived_ns: u64,
-    /// Peak prompt throughput (tokens/s), 0 when never reported.
+    /// Prefill capacity estimate (tokens/s), 0 when unknown.
     pub(crate) peak_prompt_tokens_per_second: f64,
+    /// Seconds until the prefill this picker routed here is plausibly done (0 when not read).
+    pub(crate) prefill_backlog_seconds: f64,
+    /// Seconds this request's own prefill would add here (set by the `inferpick` cost).
+    pub(crate) ask_prefill_seconds: f64,
     /// KV capacity in tokens, 0 when unknown.
     pub(crate) kv_capacity_tokens: u64,
     /// Waiting requests as reported.
@@ -596,7 +600,17 @@ impl Scheduler {
         let decision_id = uuid::Builder::from_random_bytes(rng.random()).into_uuid();
         let mut keys = ask.blocks.clone();
         keys.extend(ask.session);
-        table.record(chosen, decision_id.as_u128(), ask.prompt_tokens, &keys);
+        let prefill = (self.policy == Policy::Inferpick).then(|| {
+            let seconds = cands[order[0]].ask_prefill_seconds;
+            (duration_ns(now), (seconds * 1e9) as u64)
+        });
+        table.record_with_prefill(
+            chosen,
+            decision_id.as_u128(),
+            ask.prompt_tokens,
+            &keys,
+            prefill,
+        );
 
         let explain = explain.then(|| {
             self.explain(
@@ -875,10 +889,14 @@ impl<'s> Scan<'s, '_> {
             return;
         }
         let id = hot.id;
-        let inflight = if self.read_inflight {
-            self.snapshot.inflight(id)
+        let (inflight, prefill_backlog_seconds) = if self.read_inflight {
+            let busy_until = self.snapshot.prefill_busy_until_ns(id);
+            (
+                self.snapshot.inflight(id),
+                busy_until.saturating_sub(self.now_ns) as f64 / 1e9,
+            )
         } else {
-            Inflight::default()
+            (Inflight::default(), 0.0)
         };
         let lookup = |m: &[(u32, u32)]| {
             if m.is_empty() {
@@ -893,6 +911,8 @@ impl<'s> Scan<'s, '_> {
             index: i as u32,
             arrived_ns: hot.arrived_ns,
             peak_prompt_tokens_per_second: hot.peak_prompt_tokens_per_second,
+            prefill_backlog_seconds,
+            ask_prefill_seconds: 0.0,
             kv_capacity_tokens: hot.kv_capacity_tokens,
             waiting: hot.waiting.into(),
             running: hot.running.into(),

@@ -813,3 +813,46 @@ fn a_large_pool_with_few_ready_pods_offers_each_once() {
         assert_eq!(all.len(), ready, "pick {i}: no pod twice");
     }
 }
+
+#[test]
+fn one_pods_high_prompt_rate_does_not_draw_long_prompts_past_an_emptier_peer() {
+    let mut fast = pod("10.0.0.1:8000", 3, 4, 0.2);
+    fast.load.prompt_tokens_per_second = Some(80_000.0);
+    let mut slow = pod("10.0.0.2:8000", 1, 4, 0.2);
+    slow.load.prompt_tokens_per_second = Some(10_000.0);
+    let t = table(vec![fast, slow]);
+    let s = sched(Policy::Inferpick);
+    let long = PickRequest {
+        prompt_tokens: Some(8_000),
+        ..req()
+    };
+    // Costed on one pool-wide throughput, the pod with fewer queued requests is sooner.
+    for _ in 0..20 {
+        let p = s.pick(&t, &long, NOW).unwrap();
+        assert_eq!(&*p.endpoint, "10.0.0.2:8000");
+        assert_eq!(t.done(p.decision_id.as_u128(), NOW), DoneOutcome::Closed);
+    }
+}
+
+#[test]
+fn prefill_routed_before_a_report_still_steers_the_next_pick() {
+    let (a, b) = ("10.0.0.1:8000", "10.0.0.2:8000");
+    let t = table(vec![pod(a, 0, 0, 0.1), pod(b, 0, 0, 0.1)]);
+    let s = sched(Policy::Inferpick);
+    let long = PickRequest {
+        prompt_tokens: Some(8_000),
+        ..req()
+    };
+    let first = s.pick(&t, &long, NOW).unwrap().endpoint.to_string();
+    let other = if first == a { b } else { a };
+    // The next reports show the routed request as one running request, and the other pod a
+    // little busier; the first pod is still prefilling the long prompt.
+    let later = NOW + Duration::from_millis(100);
+    let mut shown = pod(&first, 0, 1, 0.1);
+    shown.seq = 2;
+    let mut busier = pod(other, 0, 3, 0.1);
+    busier.seq = 2;
+    t.ingest_batch(vec![shown, busier], later).unwrap();
+    let second = s.pick(&t, &long, later).unwrap();
+    assert_eq!(&*second.endpoint, other);
+}
