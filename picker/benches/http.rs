@@ -10,60 +10,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use inferpick_picker::{AppState, Settings, serve};
-use inferpick_schema::{
-    AgentInfo, EndpointInfo, EngineKind, EngineStatus, Load, LoadReport, ModelEntry,
-};
+
+mod fleet;
+use fleet::{MODEL, report};
+use inferpick_schema::LoadReport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 /// Table sizes measured, one server each.
 const SIZES: [usize; 2] = [100, 1_000];
 const BATCH: usize = 100;
 const CONNECTIONS: usize = 32;
 const RUN: Duration = Duration::from_secs(3);
-
-fn report(i: usize, seq: u64) -> LoadReport {
-    LoadReport {
-        schema_version: 1,
-        agent: AgentInfo {
-            id: format!("agent-{i}"),
-            version: "0.1.0".into(),
-            started_at_ms: 1,
-        },
-        seq,
-        sent_at_ms: 1,
-        interval_ms: 100,
-        endpoint: EndpointInfo {
-            address: format!("10.0.{}.{}:8000", i / 256, i % 256),
-            pod: Some(format!("vllm-{i}")),
-            namespace: Some("llm".into()),
-            node: Some("node-1".into()),
-        },
-        engine: EngineStatus {
-            kind: EngineKind::Vllm,
-            ready: true,
-            error: None,
-            scrape_ms: Some(2.0),
-        },
-        models: vec![ModelEntry {
-            name: MODEL.into(),
-            adapter_of: None,
-        }],
-        load: Load {
-            requests_waiting: Some((i % 5) as u32),
-            requests_running: Some((i % 17) as u32),
-            kv_cache_utilization: Some((i % 10) as f64 / 13.0),
-            kv_cache_capacity_tokens: Some(245_760),
-            kv_block_size_tokens: Some(16),
-            prefix_cache_hit_ratio: Some(0.4),
-            prompt_tokens_per_second: Some(10_000.0),
-            generation_tokens_per_second: Some(1_800.0),
-            adapters: None,
-        },
-        gpus: vec![],
-    }
-}
 
 fn request(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
     let mut r = format!(
