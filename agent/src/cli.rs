@@ -46,7 +46,8 @@ pod's GPUs, normalizes them into one load report, and pushes it to every inferpi
 
 const AFTER: &str = "Examples:\n  \
 inferpick-agent --once --engine-url http://127.0.0.1:8000/metrics --endpoint 10.0.0.1:8000 --gpu none\n  \
-inferpick-agent --picker dns+http://inferpick-picker-headless:9000 --token-file /var/run/inferpick/token\n\n\
+inferpick-agent --picker dns+http://inferpick-picker-headless:9000 --token-file /var/run/inferpick/token\n  \
+inferpick-agent --picker https://inferpick-picker:9000 --ca-file /etc/inferpick/ca.pem\n\n\
 Engines: vllm, sglang, tgi, triton-trtllm, trtllm-serve, llamacpp (start llama-server with --metrics), lmdeploy.";
 
 /// inferpick-agent's flags.
@@ -81,7 +82,8 @@ pub struct Args {
     #[arg(long, env = "INFERPICK_NODE")]
     pub node: Option<String>,
 
-    /// Pickers to push to, comma-separated; `dns+http://name:port` pushes to every address of name.
+    /// Pickers to push to, comma-separated: `http://` or `https://` URLs; `dns+http://name:port`
+    /// (or `dns+https://`) pushes to every address of name.
     #[arg(
         long,
         env = "INFERPICK_PICKER",
@@ -102,6 +104,11 @@ pub struct Args {
     #[arg(long, env = "INFERPICK_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// PEM bundle of the CAs that sign the pickers' certificates: https pushes trust only these
+    /// [default: the system's roots].
+    #[arg(long, env = "INFERPICK_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+
     /// GPUs to report: auto (pod-resources API if its socket exists, else all), none, all, or a
     /// comma list of UUIDs or indexes.
     #[arg(long, env = "INFERPICK_GPU", default_value = "auto")]
@@ -118,6 +125,11 @@ pub struct Args {
     /// Where to serve /metrics, /healthz, /readyz and /v1/report.
     #[arg(long, env = "INFERPICK_LISTEN", default_value = "0.0.0.0:9400")]
     pub listen: SocketAddr,
+
+    /// On the agent's own listener: a client that has not sent a whole request head within this
+    /// is disconnected, a request is answered within it (or 408), idle connections are closed after it.
+    #[arg(long, env = "INFERPICK_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
 
     /// Scrape once, print the report as JSON and exit (1 with one line on stderr on failure).
     #[arg(long, env = "INFERPICK_ONCE")]

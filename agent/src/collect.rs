@@ -101,6 +101,22 @@ impl Collector {
         }
     }
 
+    /// What the agent reports when it stops: not ready for `reason`, the last known models,
+    /// no load.
+    pub fn stopping(&self, reason: &str) -> Observation {
+        Observation {
+            engine: EngineStatus {
+                kind: self.kind(),
+                ready: false,
+                error: Some(reason.to_string()),
+                scrape_ms: None,
+            },
+            load: Load::default(),
+            models: self.models.clone(),
+            outcome: "stopping",
+        }
+    }
+
     fn read(&mut self, text: &str, at: Duration) -> Result<(Load, Vec<ModelEntry>), ScrapeError> {
         let expo = Exposition::parse(text).map_err(|e| ScrapeError::Parse {
             url: self.url.clone(),

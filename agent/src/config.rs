@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use inferpick_schema::report::check_address;
@@ -36,6 +37,10 @@ pub struct Config {
     pub push_timeout: Duration,
     /// Bearer token file.
     pub token_file: Option<PathBuf>,
+    /// `--ca-file`, loaded: https pushes trust only these CAs (`None`: the system's roots).
+    pub ca_roots: Option<Arc<rustls::RootCertStore>>,
+    /// Own listener: bound on reading a request head, answering a request, and idling.
+    pub request_timeout: Duration,
     /// GPU selection.
     pub gpu: GpuSpec,
     /// kubelet pod-resources socket.
@@ -114,6 +119,22 @@ impl Config {
                 Err(e) => fail("--picker", e),
             }
         }
+        let ca_roots = match &args.ca_file {
+            Some(path) => match crate::tls::load_ca_file(path) {
+                Ok(roots) => Some(Arc::new(roots)),
+                Err(problem) => {
+                    fail("--ca-file", problem);
+                    None
+                }
+            },
+            None => None,
+        };
+        if args.request_timeout < Duration::from_millis(10) {
+            fail(
+                "--request-timeout",
+                format!("{:?} is too short: at least 10ms", args.request_timeout),
+            );
+        }
         let interval_ok = args.interval >= Duration::from_millis(10);
         if !interval_ok {
             fail(
@@ -152,6 +173,8 @@ impl Config {
             push_timeout: (args.interval * 2)
                 .clamp(Duration::from_millis(200), Duration::from_secs(2)),
             token_file: args.token_file.clone(),
+            ca_roots,
+            request_timeout: args.request_timeout,
             gpu: args.gpu.clone(),
             pod_resources_socket: args.pod_resources_socket.clone(),
             listen: args.listen,
@@ -180,6 +203,28 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:9400");
         assert_eq!(c.engine, EngineChoice::Auto);
         assert_eq!(c.gpu, GpuSpec::Auto);
+        assert_eq!(c.request_timeout, Duration::from_secs(10));
+        assert!(c.ca_roots.is_none());
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_a_startup_error_naming_the_file() {
+        let errs = parse(&[
+            "--endpoint",
+            "10.0.0.1:8000",
+            "--picker",
+            "https://picker:9000",
+            "--ca-file",
+            "/nonexistent/picker-ca.pem",
+        ])
+        .unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].flag, "--ca-file");
+        assert!(
+            errs[0].to_string().contains("/nonexistent/picker-ca.pem"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]

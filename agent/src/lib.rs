@@ -6,8 +6,10 @@
 //!   rates; [`collect`] makes a scrape's outcome (or failure) into the report's engine and load.
 //! - [`engine`]: HTTP to the engine, bounded in time and bytes.
 //! - [`gpu`]: which GPUs are the pod's (kubelet pod-resources API) and what NVML says of them.
-//! - [`push`]: one task per picker target, fed the latest report; [`report`] stamps reports.
-//! - [`metrics`] and [`http`]: the agent's own `/metrics`, `/healthz`, `/readyz`, `/v1/report`.
+//! - [`push`]: one task per picker target, fed the latest report; [`report`] stamps reports;
+//!   [`tls`]: rustls for `https://` pickers and `--ca-file`.
+//! - [`metrics`] and [`http`]: the agent's own `/metrics`, `/healthz`, `/readyz`, `/v1/report`;
+//!   [`listener`]: the accept loop that bounds every connection in time and size.
 //! - [`service`]: the loop that ties them together; [`run`] is the whole agent from its flags.
 
 pub mod cli;
@@ -18,11 +20,13 @@ pub mod engine;
 pub mod expo;
 pub mod gpu;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod push;
 pub mod rates;
 pub mod report;
 pub mod service;
+pub mod tls;
 
 use std::future::Future;
 

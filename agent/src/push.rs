@@ -1,10 +1,12 @@
 //! Pushing reports to every picker replica.
 //!
-//! Each target (a URL, or one address of a `dns+http://` name) has its own task that waits for the
+//! Each target (a URL, or one address of a `dns+http(s)://` name) has its own task that waits for the
 //! next report on a `watch` channel and POSTs the latest one. A slow or dead picker therefore only
 //! delays its own pushes: scrapes and the other targets never wait for it, and it is sent the
 //! newest report when it comes back rather than a backlog. Failures back off, bounded by
 //! [`MAX_BACKOFF`] so that a restarted picker has every endpoint again within about a second.
+//! When the agent stops, a last report (marked [`Outgoing::last`]) pre-empts whatever a target's
+//! task is doing, so the pickers hear of the shutdown at once.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,7 +32,7 @@ pub const REPORTS_PATH: &str = "/v1/reports";
 /// One `--picker` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetSpec {
-    /// A fixed URL.
+    /// A fixed URL (`http://` or `https://`).
     Url(Url),
     /// Every address `host` resolves to, each on `port`, re-resolved every [`RESOLVE_EVERY`].
     Dns {
@@ -40,6 +42,8 @@ pub enum TargetSpec {
         port: u16,
         /// The path to POST to.
         path: String,
+        /// `dns+https://`: TLS to each address, its certificate checked against `host`.
+        tls: bool,
     },
 }
 
@@ -53,19 +57,15 @@ impl std::str::FromStr for TargetSpec {
             None => (false, s),
         };
         let mut url = Url::parse(url).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
-        match url.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(format!(
-                    "{s:?}: https targets need TLS, which this build does not include; use http://"
-                ));
-            }
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
             other => {
                 return Err(format!(
-                    "{s:?}: scheme {other}:// is not supported; use http:// or dns+http://"
+                    "{s:?}: scheme {other}:// is not supported; use http://, https://, dns+http:// or dns+https://"
                 ));
             }
-        }
+        };
         if url.path() == "/" || url.path().is_empty() {
             url.set_path(REPORTS_PATH);
         }
@@ -83,7 +83,55 @@ impl std::str::FromStr for TargetSpec {
             host,
             port,
             path: url.path().to_string(),
+            tls,
         })
+    }
+}
+
+/// Builds the HTTP clients pushes go through: bounded in time, TLS trusting `--ca-file` (or the
+/// system's roots).
+#[derive(Clone)]
+pub struct Clients {
+    timeout: Duration,
+    tls: Option<rustls::ClientConfig>,
+}
+
+impl Clients {
+    /// Clients whose requests take at most `timeout`; https trusts only `ca_roots` when given.
+    pub fn new(timeout: Duration, ca_roots: Option<Arc<rustls::RootCertStore>>) -> Self {
+        if ca_roots.is_none() {
+            crate::tls::install_default_provider();
+        }
+        Clients {
+            timeout,
+            tls: ca_roots.map(crate::tls::client_config),
+        }
+    }
+
+    /// A client; with `pinned`, the name always resolves to that address (so one address of a
+    /// `dns+https://` name is reached while its certificate is checked against the name).
+    pub fn build(&self, pinned: Option<(&str, SocketAddr)>) -> Result<Client, reqwest::Error> {
+        let mut builder = Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout)
+            .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(config) = &self.tls {
+            builder = builder.tls_backend_preconfigured(config.clone());
+        }
+        if let Some((host, addr)) = pinned {
+            builder = builder.resolve(host, addr);
+        }
+        builder.build()
+    }
+}
+
+/// Keeps a task running only as long as its owner: dropping this aborts the task.
+#[derive(Debug)]
+pub struct AbortOnDrop(pub JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -141,142 +189,212 @@ pub struct Outgoing {
     pub body: Bytes,
     /// Bearer token.
     pub token: Option<Arc<str>>,
+    /// The agent's last report (it is shutting down): sent at once, even to a target in backoff
+    /// or with a push still in flight, and then the target's task ends.
+    pub last: bool,
 }
 
-/// Starts one task per target (and per resolved address). They stop when `reports` closes.
+/// One address reports are POSTed to.
+struct Target {
+    url: Url,
+    /// How logs and metrics name it: the URL, with the address in place of a `dns+` name.
+    label: String,
+    client: Client,
+}
+
+/// Starts one task per target (and per resolved address). Each ends after sending a report
+/// marked [`Outgoing::last`], or when `reports` closes.
 pub fn spawn(
     specs: &[TargetSpec],
-    client: Client,
+    clients: Clients,
     reports: watch::Receiver<Option<Outgoing>>,
     metrics: Arc<AgentMetrics>,
     interval: Duration,
-) -> Vec<JoinHandle<()>> {
-    specs
+) -> Result<Vec<JoinHandle<()>>, reqwest::Error> {
+    let shared = clients.build(None)?;
+    Ok(specs
         .iter()
         .map(|spec| match spec.clone() {
             TargetSpec::Url(url) => tokio::spawn(push_loop(
-                url,
-                client.clone(),
+                Target {
+                    label: url.to_string(),
+                    url,
+                    client: shared.clone(),
+                },
                 reports.clone(),
                 metrics.clone(),
                 interval,
             )),
-            TargetSpec::Dns { host, port, path } => tokio::spawn(follow_dns(
+            TargetSpec::Dns {
                 host,
                 port,
                 path,
-                client.clone(),
+                tls,
+            } => tokio::spawn(follow_dns(
+                DnsTarget {
+                    host,
+                    port,
+                    path,
+                    tls,
+                },
+                clients.clone(),
+                shared.clone(),
                 reports.clone(),
                 metrics.clone(),
                 interval,
             )),
         })
-        .collect()
+        .collect())
 }
 
-/// Keeps one push task per address of `host`, adding and removing them as DNS changes.
-async fn follow_dns(
+struct DnsTarget {
     host: String,
     port: u16,
     path: String,
-    client: Client,
+    tls: bool,
+}
+
+impl DnsTarget {
+    /// The push target for one of the name's addresses.
+    fn at(&self, addr: SocketAddr, clients: &Clients, shared: &Client) -> Result<Target, String> {
+        let label = format!(
+            "{}://{addr}{}",
+            if self.tls { "https" } else { "http" },
+            self.path
+        );
+        if !self.tls {
+            return Ok(Target {
+                url: Url::parse(&label).expect("an address makes a URL"),
+                label,
+                client: shared.clone(),
+            });
+        }
+        // TLS checks the certificate against the name, so the URL keeps the name and this
+        // target's client resolves it to this one address.
+        let url = Url::parse(&format!("https://{}:{}{}", self.host, self.port, self.path))
+            .map_err(|e| format!("{}: {e}", self.host))?;
+        let client = clients
+            .build(Some((&self.host, addr)))
+            .map_err(|e| error_chain(&e))?;
+        Ok(Target { url, label, client })
+    }
+}
+
+/// Keeps one push task per address of the target's name, adding and removing them as DNS
+/// changes. After the last report it waits for those tasks to send it.
+async fn follow_dns(
+    target: DnsTarget,
+    clients: Clients,
+    shared: Client,
     reports: watch::Receiver<Option<Outgoing>>,
     metrics: Arc<AgentMetrics>,
     interval: Duration,
 ) {
-    let mut tasks: BTreeMap<SocketAddr, JoinHandle<()>> = BTreeMap::new();
-    let mut closed = reports.clone();
+    let host = target.host.clone();
+    let mut tasks: BTreeMap<SocketAddr, AbortOnDrop> = BTreeMap::new();
+    let mut watching = reports.clone();
     loop {
-        match tokio::net::lookup_host((host.as_str(), port)).await {
+        match tokio::net::lookup_host((host.as_str(), target.port)).await {
             Ok(addrs) => {
                 let addrs: Vec<SocketAddr> = addrs.collect();
-                tasks.retain(|addr, task| {
+                tasks.retain(|addr, _| {
                     let keep = addrs.contains(addr);
                     if !keep {
                         tracing::info!(%host, %addr, "picker address gone from DNS; no longer pushing to it");
-                        task.abort();
                     }
                     keep
                 });
                 for addr in addrs {
-                    tasks.entry(addr).or_insert_with(|| {
-                        let url = Url::parse(&format!("http://{addr}{path}"))
-                            .expect("an address makes a URL");
-                        tracing::info!(%host, %url, "pushing to picker address");
-                        tokio::spawn(push_loop(
-                            url,
-                            client.clone(),
-                            reports.clone(),
-                            metrics.clone(),
-                            interval,
-                        ))
-                    });
+                    if tasks.contains_key(&addr) {
+                        continue;
+                    }
+                    match target.at(addr, &clients, &shared) {
+                        Ok(t) => {
+                            tracing::info!(%host, target = %t.label, "pushing to picker address");
+                            let task = tokio::spawn(push_loop(
+                                t,
+                                reports.clone(),
+                                metrics.clone(),
+                                interval,
+                            ));
+                            tasks.insert(addr, AbortOnDrop(task));
+                        }
+                        Err(e) => {
+                            tracing::warn!(%host, %addr, "cannot push to picker address: {e}")
+                        }
+                    }
                 }
             }
             Err(e) => {
                 tracing::warn!(%host, "cannot resolve picker name: {e}; keeping {} known addresses", tasks.len())
             }
         }
-        // Wait for the next resolution, waking on every report only to notice a closed channel.
+        // Wait for the next resolution, waking on every report only to notice the last one.
         let next = tokio::time::Instant::now() + RESOLVE_EVERY;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => break,
-                changed = closed.changed() => if changed.is_err() {
-                    for task in tasks.values() {
-                        task.abort();
+                changed = watching.changed() => {
+                    let last = changed.is_err()
+                        || watching.borrow_and_update().as_ref().is_some_and(|o| o.last);
+                    if last {
+                        for task in tasks.values_mut() {
+                            let _ = (&mut task.0).await;
+                        }
+                        return;
                     }
-                    return;
-                },
+                }
             }
         }
     }
 }
 
-/// Pushes every new report to `url` until the channel closes.
+/// Resolves with the last report once one is published; never while the channel stays open
+/// without one, nor once it closes (the push in flight then finishes as usual).
+async fn last_report(reports: &mut watch::Receiver<Option<Outgoing>>) -> Outgoing {
+    let found = reports
+        .wait_for(|o| o.as_ref().is_some_and(|o| o.last))
+        .await
+        .ok()
+        .and_then(|o| o.clone());
+    match found {
+        Some(out) => out,
+        None => std::future::pending().await,
+    }
+}
+
+/// Pushes every new report to the target until the last one, or until the channel closes.
 async fn push_loop(
-    url: Url,
-    client: Client,
+    target: Target,
     mut reports: watch::Receiver<Option<Outgoing>>,
     metrics: Arc<AgentMetrics>,
     interval: Duration,
 ) {
-    let target = url.to_string();
     let mut failures = 0u32;
     let mut retry_at = Instant::now();
     while reports.changed().await.is_ok() {
         let Some(out) = reports.borrow_and_update().clone() else {
             continue;
         };
+        if out.last {
+            push_last(&target, out, &metrics).await;
+            return;
+        }
         if Instant::now() < retry_at {
             continue;
         }
-        let started = Instant::now();
-        let mut req = client
-            .post(url.clone())
-            .header("content-type", "application/json")
-            .body(out.body);
-        if let Some(token) = &out.token {
-            req = req.bearer_auth(token);
-        }
-        let result = match req.send().await {
-            Ok(resp) if resp.status().is_success() => Ok(()),
-            Ok(resp) => {
-                let status = resp.status();
-                let body = resp.text().await.unwrap_or_default();
-                Err(format!(
-                    "HTTP {status}: {}",
-                    body.chars().take(200).collect::<String>()
-                ))
+        // The last report does not wait behind a push to a slow picker.
+        let result = tokio::select! {
+            result = push_one(&target, out, &metrics) => result,
+            last = last_report(&mut reports) => {
+                push_last(&target, last, &metrics).await;
+                return;
             }
-            Err(e) if e.is_timeout() => Err("timed out".to_string()),
-            Err(e) => Err(error_chain(&e)),
         };
-        metrics.observe_push(&target, result.is_ok(), started.elapsed());
         match result {
             Ok(()) => {
                 if failures > 0 {
-                    tracing::info!(%target, after = failures, "push works again");
+                    tracing::info!(target = %target.label, after = failures, "push works again");
                 }
                 failures = 0;
             }
@@ -288,11 +406,51 @@ async fn push_loop(
                 retry_at = Instant::now() + backoff;
                 // The first failure and then one in fifty, so a long outage does not flood the log.
                 if failures == 1 || failures.is_multiple_of(50) {
-                    tracing::warn!(%target, failures, ?backoff, "push failed: {e}");
+                    tracing::warn!(target = %target.label, failures, ?backoff, "push failed: {e}");
                 }
             }
         }
     }
+}
+
+async fn push_last(target: &Target, out: Outgoing, metrics: &AgentMetrics) {
+    match push_one(target, out, metrics).await {
+        Ok(()) => tracing::info!(target = %target.label, "pushed the last report"),
+        Err(e) => tracing::warn!(target = %target.label, "the last report was not delivered: {e}"),
+    }
+}
+
+/// POSTs one report; the error says what went wrong in one line.
+async fn push_one(target: &Target, out: Outgoing, metrics: &AgentMetrics) -> Result<(), String> {
+    let started = Instant::now();
+    let mut req = target
+        .client
+        .post(target.url.clone())
+        .header("content-type", "application/json")
+        .body(out.body);
+    if let Some(token) = &out.token {
+        req = req.bearer_auth(token);
+    }
+    let result = match req.send().await {
+        Ok(resp) if resp.status().is_success() => Ok(()),
+        Ok(resp) => {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            Err(format!(
+                "HTTP {status}: {}",
+                body.chars().take(200).collect::<String>()
+            ))
+        }
+        Err(e) if e.is_timeout() => Err("timed out".to_string()),
+        Err(e) if crate::tls::is_certificate_error(&e) => Err(format!(
+            "TLS: the picker's certificate was refused (is it signed by a CA in --ca-file, or by a \
+             system root without it?): {}",
+            error_chain(&e)
+        )),
+        Err(e) => Err(error_chain(&e)),
+    };
+    metrics.observe_push(&target.label, result.is_ok(), started.elapsed());
+    result
 }
 
 #[cfg(test)]
@@ -312,14 +470,24 @@ mod tests {
             TargetSpec::Dns {
                 host: "inferpick-picker-headless".into(),
                 port: 9000,
-                path: "/v1/reports".into()
+                path: "/v1/reports".into(),
+                tls: false,
             }
         );
-        assert!(
-            "https://p:9000"
+        assert_eq!(
+            "https://p:9443".parse::<TargetSpec>().unwrap(),
+            TargetSpec::Url(Url::parse("https://p:9443/v1/reports").unwrap())
+        );
+        assert_eq!(
+            "dns+https://p-headless:9443/in"
                 .parse::<TargetSpec>()
-                .unwrap_err()
-                .contains("TLS")
+                .unwrap(),
+            TargetSpec::Dns {
+                host: "p-headless".into(),
+                port: 9443,
+                path: "/in".into(),
+                tls: true,
+            }
         );
         assert!(
             "picker:9000"

@@ -18,15 +18,18 @@ use crate::collect::{Collector, Observation};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::gpu::{self, GpuSource};
-use crate::http::{AppState, router};
+use crate::http::{AppState, SHUTTING_DOWN, router};
+use crate::listener;
 use crate::metrics::AgentMetrics;
-use crate::push::{self, Outgoing, TokenFile};
+use crate::push::{self, Clients, Outgoing, TokenFile};
 use crate::report::ReportBuilder;
 
 /// How often `/v1/models` is read again (models change rarely; metrics every interval).
 pub const MODELS_EVERY: Duration = Duration::from_secs(5);
 /// How often GPUs are sampled (NVML's own utilization window is about a second).
 pub const GPU_EVERY: Duration = Duration::from_secs(1);
+/// How long the last report may take to reach the pickers when the agent stops.
+pub const LAST_REPORT_WITHIN: Duration = Duration::from_secs(1);
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The HTTP client for pushes could not be built (its TLS settings).
+    #[error("cannot build the push client: {0}")]
+    Client(String),
     /// `--once` could not produce a ready report.
     #[error("{0}")]
     Once(String),
@@ -127,6 +133,10 @@ pub async fn serve(
 }
 
 /// [`serve`], reading GPUs from `gpus` instead of the source `--gpu` selects (tests, embedders).
+///
+/// When `shutdown` resolves: `/readyz` answers 503 at once, a last report (`engine.ready: false`,
+/// `engine.error: "agent shutting down"`) goes to every picker within [`LAST_REPORT_WITHIN`], the
+/// listener lets open requests finish, and this returns `Ok`.
 pub async fn serve_with(
     config: Config,
     listener: TcpListener,
@@ -146,19 +156,15 @@ pub async fn serve_with(
         let _ = stop_tx.send(true);
     });
 
-    let client = reqwest::Client::builder()
-        .timeout(config.push_timeout)
-        .connect_timeout(config.push_timeout)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()
-        .expect("a plain HTTP client builds");
+    let clients = Clients::new(config.push_timeout, config.ca_roots.clone());
     let pushers = push::spawn(
         &config.pickers,
-        client,
+        clients,
         out_rx,
         metrics.clone(),
         config.interval,
-    );
+    )
+    .map_err(|e| AgentError::Client(crate::engine::error_chain(&e)))?;
     tracing::info!(
         engine_url = %config.engine_url,
         endpoint = %config.endpoint,
@@ -175,15 +181,20 @@ pub async fn serve_with(
     let app = router(AppState {
         metrics: metrics.clone(),
         latest: latest_rx,
+        stopping: stop_rx.clone(),
+        request_timeout: config.request_timeout,
     });
-    let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    // The listener outlives the stop signal until the last report is out, so `/readyz` can be
+    // seen failing meanwhile.
+    let (http_stop_tx, mut http_stop) = watch::channel(false);
+    let http = tokio::spawn(listener::serve(
+        listener,
+        app,
+        config.request_timeout,
+        async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        },
+    ));
 
     let token = config.token_file.clone().map(TokenFile::new);
     let mut scraper = Scraper::new(&config);
@@ -192,12 +203,26 @@ pub async fn serve_with(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut stop = stop_rx;
     let mut was_ready = None;
+    let publish = |report: LoadReport, last: bool| {
+        metrics.set_report(&report);
+        let body = Bytes::from(serde_json::to_vec(&report).expect("a report serializes"));
+        let _ = out_tx.send(Some(Outgoing {
+            body,
+            token: token.as_ref().and_then(TokenFile::current),
+            last,
+        }));
+        let _ = latest_tx.send(Some(Arc::new(report)));
+    };
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        let observation = scraper.scrape(Some(&metrics)).await;
+        // A scrape in progress does not hold up the shutdown.
+        let observation = tokio::select! {
+            observation = scraper.scrape(Some(&metrics)) => observation,
+            _ = stop.wait_for(|s| *s) => break,
+        };
         let ready = observation.engine.ready;
         if was_ready != Some(ready) {
             match &observation.engine.error {
@@ -207,27 +232,31 @@ pub async fn serve_with(
             was_ready = Some(ready);
         }
         let sample = gpus.lock().expect("gpu lock").clone();
-        let report = builder.build(observation, sample);
-        metrics.set_report(&report);
-        let body = Bytes::from(serde_json::to_vec(&report).expect("a report serializes"));
-        let _ = out_tx.send(Some(Outgoing {
-            body,
-            token: token.as_ref().and_then(TokenFile::current),
-        }));
-        let _ = latest_tx.send(Some(Arc::new(report)));
+        publish(builder.build(observation, sample), false);
     }
 
-    drop(out_tx);
+    tracing::info!("stopping: /readyz fails from now; pushing the last report");
     gpu_task.abort();
-    for p in pushers {
-        p.abort();
+    let sample = gpus.lock().expect("gpu lock").clone();
+    publish(
+        builder.build(scraper.collector.stopping(SHUTTING_DOWN), sample),
+        true,
+    );
+    let aborts: Vec<_> = pushers.iter().map(|p| p.abort_handle()).collect();
+    if tokio::time::timeout(LAST_REPORT_WITHIN, futures::future::join_all(pushers))
+        .await
+        .is_err()
+    {
+        tracing::warn!("the last report did not reach every picker within {LAST_REPORT_WITHIN:?}");
     }
-    let served = http.await;
+    for a in aborts {
+        a.abort();
+    }
+    drop(out_tx);
+    let _ = http_stop_tx.send(true);
+    let _ = http.await;
     tracing::info!("inferpick-agent stopped");
-    match served {
-        Ok(Err(source)) => Err(AgentError::Listen { addr, source }),
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 /// Samples the GPUs every [`GPU_EVERY`] into `into`, off the async runtime (NVML blocks).

@@ -215,6 +215,8 @@ impl Agent {
         gpus: Option<Arc<dyn inferpick_agent::gpu::GpuSource>>,
     ) -> Self {
         use clap::Parser;
+        // These tests' own reqwest calls need a rustls provider as much as the agent's do.
+        inferpick_agent::tls::install_default_provider();
         let mut argv = vec![
             "inferpick-agent",
             "--engine-url",
