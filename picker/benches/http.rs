@@ -160,6 +160,8 @@ fn main() {
 async fn run(endpoints: usize) {
     let settings = Settings {
         grpc_listen: None,
+        // The load loop pushes reports for the whole made-up fleet from loopback, as a proxy would.
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
         ..Settings::default()
     };
     let state = AppState::new(settings).unwrap();

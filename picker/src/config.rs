@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde_norway::{Mapping, Value};
 
 use crate::scheduler::{Policy, RewriteTarget, Saturation, SchedulerConfig};
-use crate::table::TableConfig;
+use crate::table::{DEFAULT_MAX_ENDPOINTS, TableConfig};
+use crate::tls::TlsFiles;
+use crate::trust::{self, Cidr};
 
 /// Command-line flags of `inferpick-picker` (CONTRACTS.md). Unset flags fall back to the file, then
 /// to the defaults shown.
@@ -54,6 +56,32 @@ pub struct Args {
     /// Scheduling profile: inferpick, gie, least-request, round-robin, random [default: inferpick]
     #[arg(long, env = "INFERPICK_POLICY", value_name = "NAME")]
     pub policy: Option<String>,
+    /// Peers allowed to push reports for endpoints other than their own IP (proxies, meshes); any
+    /// other peer may only report for its own address [default: none]
+    #[arg(long, env = "INFERPICK_TRUSTED_PROXIES", value_name = "CIDR[,CIDR…]")]
+    pub trusted_proxies: Option<String>,
+    /// Most endpoints the table holds; a report for a new endpoint beyond it is refused with 503
+    /// table_full [default: 10000]
+    #[arg(long, env = "INFERPICK_MAX_ENDPOINTS", value_name = "N")]
+    pub max_endpoints: Option<String>,
+    /// PEM certificate chain: with --tls-key, the HTTP listener serves HTTPS and the gRPC listener TLS
+    #[arg(long, env = "INFERPICK_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "INFERPICK_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+    /// A client that has not sent a whole request head within this is disconnected, a body not
+    /// read within it gets 408, an idle connection is closed after it [default: 10s]
+    #[arg(long, env = "INFERPICK_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+    /// On SIGTERM, keep serving this long with /readyz at 503 so load balancers stop sending new
+    /// requests [default: 2s]
+    #[arg(long, env = "INFERPICK_SHUTDOWN_DELAY", value_name = "DURATION")]
+    pub shutdown_delay: Option<String>,
+    /// After the shutdown delay, wait at most this long for requests and ext_proc streams in
+    /// flight before exiting [default: 30s]
+    #[arg(long, env = "INFERPICK_DRAIN_TIMEOUT", value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
 }
 
 /// The resolved configuration: flags over the file over the defaults.
@@ -81,6 +109,18 @@ pub struct Settings {
     pub saturation: Saturation,
     /// Model rewrites.
     pub rewrites: HashMap<String, Vec<RewriteTarget>>,
+    /// Peers that may report for endpoints other than themselves.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Most endpoints in the table.
+    pub max_endpoints: usize,
+    /// TLS for both listeners; `None` serves plain text.
+    pub tls: Option<TlsFiles>,
+    /// Bound on reading a request head or body, and on an idle connection.
+    pub request_timeout: Duration,
+    /// How long the listeners keep serving after SIGTERM, readiness already down.
+    pub shutdown_delay: Duration,
+    /// How long requests and streams in flight may take to finish after that.
+    pub drain_timeout: Duration,
     /// The config file, if any (watched for changes).
     pub config_file: Option<PathBuf>,
     /// The flags, kept so a reload re-applies them over the new file.
@@ -101,6 +141,12 @@ impl Default for Settings {
             objectives: HashMap::new(),
             saturation: Saturation::default(),
             rewrites: HashMap::new(),
+            trusted_proxies: Vec::new(),
+            max_endpoints: DEFAULT_MAX_ENDPOINTS,
+            tls: None,
+            request_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(30),
             config_file: None,
             args: Args::default(),
         }
@@ -230,6 +276,19 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A duration that may be zero (`0s` turns the step off).
+fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. 0s, 500ms, 2s"))
+}
+
+fn parse_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{text:?}: expected a count of at least 1")),
+    }
+}
+
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     text.trim()
         .parse()
@@ -288,6 +347,7 @@ impl Settings {
         TableConfig {
             max_report_age: self.max_report_age,
             forget_after: self.forget_after,
+            max_endpoints: self.max_endpoints,
             ..TableConfig::default()
         }
     }
@@ -349,6 +409,55 @@ impl Settings {
         if let Some(v) = &a.pick_token_file {
             self.pick_token_file = Some(v.clone());
         }
+        if let Some(v) = &a.trusted_proxies {
+            set(
+                "--trusted-proxies",
+                trust::parse_list(v).map(|x| self.trusted_proxies = x),
+            );
+        }
+        if let Some(v) = &a.max_endpoints {
+            set(
+                "--max-endpoints",
+                parse_count(v).map(|x| self.max_endpoints = x),
+            );
+        }
+        for (flag, value, slot) in [
+            (
+                "--request-timeout",
+                &a.request_timeout,
+                &mut self.request_timeout,
+            ),
+            ("--drain-timeout", &a.drain_timeout, &mut self.drain_timeout),
+        ] {
+            if let Some(v) = value {
+                set(flag, parse_duration(v).map(|x| *slot = x));
+            }
+        }
+        if let Some(v) = &a.shutdown_delay {
+            set(
+                "--shutdown-delay",
+                parse_duration_or_zero(v).map(|x| self.shutdown_delay = x),
+            );
+        }
+        match (&a.tls_cert, &a.tls_key, &mut self.tls) {
+            (None, None, _) => {}
+            (cert, key, Some(tls)) => {
+                if let Some(c) = cert {
+                    tls.cert_file = c.clone();
+                }
+                if let Some(k) = key {
+                    tls.key_file = k.clone();
+                }
+            }
+            (Some(cert), Some(key), tls @ None) => {
+                *tls = Some(TlsFiles {
+                    cert_file: cert.clone(),
+                    key_file: key.clone(),
+                });
+            }
+            (Some(_), None, None) => is.push("--tls-cert", "needs --tls-key as well"),
+            (None, Some(_), None) => is.push("--tls-key", "needs --tls-cert as well"),
+        }
     }
 
     /// Rules that span settings, and token files that must be readable.
@@ -373,6 +482,11 @@ impl Settings {
                 is.push(name, e);
             }
         }
+        if let Some(tls) = &self.tls
+            && let Err(e) = tls.server_config(&[])
+        {
+            is.push("tls", e);
+        }
     }
 
     fn apply_file(&mut self, text: &str, is: &mut Issues) {
@@ -394,6 +508,9 @@ impl Settings {
             "objectives",
             "saturation",
             "models",
+            "limits",
+            "tls",
+            "lifecycle",
         ];
         let Some(m) = is.mapping(&root, "", &top) else {
             return;
@@ -415,9 +532,16 @@ impl Settings {
         {
             self.extproc_fallbacks = n as u32;
         }
-        if let Some(auth) = get(m, "auth")
-            .and_then(|v| is.mapping(v, "auth", &["report_token_file", "pick_token_file"]))
-        {
+        if let Some(auth) = get(m, "auth").and_then(|v| {
+            is.mapping(
+                v,
+                "auth",
+                &["report_token_file", "pick_token_file", "trusted_proxies"],
+            )
+        }) {
+            if let Some(v) = get(auth, "trusted_proxies") {
+                self.trusted_proxies = cidrs(v, is);
+            }
             if let Some(p) =
                 get(auth, "report_token_file").and_then(|v| is.string(v, "auth.report_token_file"))
             {
@@ -479,7 +603,86 @@ impl Settings {
         if let Some(v) = get(m, "models") {
             self.rewrites = rewrites(v, is);
         }
+        if let Some(limits) = get(m, "limits")
+            .and_then(|v| is.mapping(v, "limits", &["max_endpoints", "request_timeout"]))
+        {
+            if let Some(n) = get(limits, "max_endpoints")
+                .and_then(|v| is.int(v, "limits.max_endpoints", 1, i64::from(u32::MAX)))
+            {
+                self.max_endpoints = n as usize;
+            }
+            if let Some(v) =
+                get(limits, "request_timeout").and_then(|v| is.string(v, "limits.request_timeout"))
+            {
+                match parse_duration(&v) {
+                    Ok(d) => self.request_timeout = d,
+                    Err(e) => is.push("limits.request_timeout", e),
+                }
+            }
+        }
+        if let Some(tls) =
+            get(m, "tls").and_then(|v| is.mapping(v, "tls", &["cert_file", "key_file"]))
+        {
+            let cert = get(tls, "cert_file").and_then(|v| is.string(v, "tls.cert_file"));
+            let key = get(tls, "key_file").and_then(|v| is.string(v, "tls.key_file"));
+            match (cert, key) {
+                (Some(cert), Some(key)) => {
+                    self.tls = Some(TlsFiles {
+                        cert_file: cert.into(),
+                        key_file: key.into(),
+                    });
+                }
+                (None, None) => {}
+                (Some(_), None) => {
+                    is.push("tls.key_file", "missing: give both cert_file and key_file")
+                }
+                (None, Some(_)) => {
+                    is.push("tls.cert_file", "missing: give both cert_file and key_file")
+                }
+            }
+        }
+        if let Some(lc) = get(m, "lifecycle")
+            .and_then(|v| is.mapping(v, "lifecycle", &["shutdown_delay", "drain_timeout"]))
+        {
+            if let Some(v) =
+                get(lc, "shutdown_delay").and_then(|v| is.string(v, "lifecycle.shutdown_delay"))
+            {
+                match parse_duration_or_zero(&v) {
+                    Ok(d) => self.shutdown_delay = d,
+                    Err(e) => is.push("lifecycle.shutdown_delay", e),
+                }
+            }
+            if let Some(v) =
+                get(lc, "drain_timeout").and_then(|v| is.string(v, "lifecycle.drain_timeout"))
+            {
+                match parse_duration(&v) {
+                    Ok(d) => self.drain_timeout = d,
+                    Err(e) => is.push("lifecycle.drain_timeout", e),
+                }
+            }
+        }
     }
+}
+
+fn cidrs(v: &Value, is: &mut Issues) -> Vec<Cidr> {
+    let Value::Sequence(items) = v else {
+        is.push(
+            "auth.trusted_proxies",
+            "expected a list of CIDRs, e.g. [10.0.0.0/8]",
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("auth.trusted_proxies[{i}]");
+        if let Some(text) = is.string(item, &path) {
+            match text.parse() {
+                Ok(c) => out.push(c),
+                Err(e) => is.push(path, e),
+            }
+        }
+    }
+    out
 }
 
 fn objectives(v: &Value, is: &mut Issues) -> HashMap<String, i32> {
@@ -723,6 +926,100 @@ models:
         let err = Settings::from_args(args).unwrap_err();
         let paths: Vec<&str> = err.issues.iter().map(|i| i.path.as_str()).collect();
         assert_eq!(paths, ["forget_after", "report_token_file"], "{err}");
+    }
+
+    #[test]
+    fn hardening_settings_come_from_flags_and_the_file() {
+        let d = scratch("hardening");
+        let file = write(
+            &d,
+            "p.yaml",
+            "auth: { trusted_proxies: [10.0.0.0/8, \"fd00::/64\"] }\nlimits: { max_endpoints: 500, request_timeout: 3s }\nlifecycle: { shutdown_delay: 0s, drain_timeout: 5s }\n",
+        );
+        let s = Settings::from_args(Args::parse_from([
+            "p",
+            "--config",
+            file.to_str().unwrap(),
+            "--request-timeout",
+            "300ms",
+        ]))
+        .unwrap();
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert_eq!(s.max_endpoints, 500);
+        assert_eq!(s.table_config().max_endpoints, 500);
+        assert_eq!(s.request_timeout, Duration::from_millis(300));
+        assert_eq!(s.shutdown_delay, Duration::ZERO);
+        assert_eq!(s.drain_timeout, Duration::from_secs(5));
+        let defaults = Settings::default();
+        assert_eq!(
+            (
+                defaults.max_endpoints,
+                defaults.request_timeout,
+                defaults.shutdown_delay,
+                defaults.drain_timeout
+            ),
+            (
+                10_000,
+                Duration::from_secs(10),
+                Duration::from_secs(2),
+                Duration::from_secs(30)
+            )
+        );
+        assert!(defaults.trusted_proxies.is_empty() && defaults.tls.is_none());
+    }
+
+    #[test]
+    fn bad_hardening_settings_are_each_named() {
+        let d = scratch("bad-hardening");
+        let file = write(
+            &d,
+            "p.yaml",
+            "auth: { trusted_proxies: [10.0.0.1/8] }\nlimits: { max_endpoints: 0, request_timeout: never, idle: 1s }\ntls: { cert_file: /nonexistent/cert.pem }\nlifecycle: { drain_timeout: 0s }\n",
+        );
+        let err = Settings::from_args(Args::parse_from([
+            "p",
+            "--config",
+            file.to_str().unwrap(),
+            "--trusted-proxies",
+            "everyone",
+            "--max-endpoints",
+            "lots",
+            "--shutdown-delay",
+            "later",
+        ]))
+        .unwrap_err();
+        let paths: Vec<&str> = err.issues.iter().map(|i| i.path.as_str()).collect();
+        for p in [
+            "auth.trusted_proxies[0]",
+            "limits.max_endpoints",
+            "limits.request_timeout",
+            "limits.idle",
+            "tls.key_file",
+            "lifecycle.drain_timeout",
+            "--trusted-proxies",
+            "--max-endpoints",
+            "--shutdown-delay",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {err}");
+        }
+        let err = Settings::from_args(Args::parse_from(["p", "--tls-cert", "/x.pem"])).unwrap_err();
+        assert!(
+            err.to_string().contains("--tls-cert: needs --tls-key"),
+            "{err}"
+        );
+        let err = Settings::from_args(Args::parse_from([
+            "p",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot read certificates from /nonexistent/cert.pem"),
+            "{err}"
+        );
     }
 
     #[test]

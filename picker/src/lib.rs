@@ -12,6 +12,10 @@
 //! - [`extproc`]: the Gateway API Inference Extension's endpoint-picker protocol (Envoy ext_proc)
 //!   on `--grpc-listen`, with the gRPC health service.
 //! - [`metrics`]: the `inferpick_picker_*` families in an explicit registry.
+//! - [`server`]: accepting connections on both listeners, TLS, and the timeouts that bound what a
+//!   client controls (handshakes, request heads, bodies, idle connections).
+//! - [`trust`]: which peer may report for which endpoint (`--trusted-proxies`).
+//! - [`tls`]: the certificate and key of `--tls-cert`/`--tls-key`.
 //!
 //! The library and the service share one rule: the scheduler reads no clock and does no I/O, so the
 //! lab's simulator drives exactly the code the service runs.
@@ -21,8 +25,11 @@ pub mod http;
 pub mod metrics;
 pub mod prefix;
 pub mod scheduler;
+pub mod server;
 pub mod service;
 pub mod table;
+pub mod tls;
+pub mod trust;
 
 pub use config::{Args, Settings};
 pub use http::router;

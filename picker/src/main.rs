@@ -62,7 +62,7 @@ fn shutdown() -> anyhow::Result<impl std::future::Future<Output = ()>> {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down: finishing requests in flight");
+        tracing::info!("shutdown signal received");
     })
 }
 

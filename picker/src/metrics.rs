@@ -96,7 +96,7 @@ impl Metrics {
         );
         registry.register(
             "inferpick_picker_reports",
-            "Load reports received, by result (accepted, restarted, ignored, invalid, unauthorized, too_large)",
+            "Load reports received, by result (accepted, restarted, ignored, invalid, unauthorized, forbidden, too_large, timeout, table_full)",
             m.reports.clone(),
         );
         registry.register(

@@ -78,6 +78,8 @@ struct Shared {
     registry: Registry,
     clock: Clock,
     ready: AtomicBool,
+    /// Set on shutdown: readiness is down while requests in flight finish.
+    draining: AtomicBool,
 }
 
 /// Everything the HTTP handlers share. Cheap to clone.
@@ -109,6 +111,7 @@ impl AppState {
                 registry,
                 clock,
                 ready: AtomicBool::new(true),
+                draining: AtomicBool::new(false),
             }),
         })
     }
@@ -138,9 +141,14 @@ impl AppState {
         &self.inner.metrics
     }
 
-    /// Whether the service is ready (config loaded).
+    /// Whether the service is ready: config loaded and not shutting down.
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire)
+        self.inner.ready.load(Ordering::Acquire) && !self.is_draining()
+    }
+
+    /// Whether the service is shutting down (readiness down, finishing what is in flight).
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
     }
 
     /// The exposition of every metric, in the OpenMetrics text format.
@@ -175,6 +183,9 @@ impl AppState {
         let old = self.settings();
         if old.listen != settings.listen || old.grpc_listen != settings.grpc_listen {
             tracing::warn!("listen addresses change only with a restart; keeping the current ones");
+        }
+        if old.tls != settings.tls {
+            tracing::warn!("TLS files change only with a restart; keeping the current ones");
         }
         self.inner.table.set_config(settings.table_config());
         let scheduler = self.inner.scheduler.load();
@@ -300,7 +311,8 @@ impl Drop for Tasks {
     }
 }
 
-/// Serves the picker on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves the picker on `listener` until `shutdown` resolves, then shuts down gracefully (see
+/// [`serve`]).
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -311,41 +323,129 @@ pub async fn run(
 }
 
 /// Like [`run`], with a state built by the caller (the lab keeps a handle on the table).
+///
+/// When `shutdown` resolves: readiness drops at once (`/readyz` 503, gRPC health NOT_SERVING)
+/// while both listeners keep serving for the shutdown delay, so load balancers stop sending new
+/// requests; then they stop accepting and the requests and ext_proc streams in flight get up to
+/// the drain timeout to finish; then this returns. Each step is logged.
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    let settings = state.settings();
+    let tls_config = |alpn: &[&[u8]]| {
+        settings
+            .tls
+            .as_ref()
+            .map(|t| t.server_config(alpn))
+            .transpose()
+            .map_err(|message| {
+                RunError::Config(ConfigError {
+                    issues: vec![ConfigIssue {
+                        source: "settings".into(),
+                        path: "tls".into(),
+                        message,
+                    }],
+                })
+            })
+    };
+    let http_tls = tls_config(&[b"h2", b"http/1.1"])?;
+    let grpc_tls = tls_config(&[b"h2"])?;
     let mut tasks = vec![tokio::spawn(watch(state.clone()))];
     #[cfg(unix)]
-    if state.settings().config_file.is_some() {
+    if settings.config_file.is_some() {
         tasks.push(tokio::spawn(reload_on_sighup(state.clone())));
     }
-    // One shutdown signal for both listeners: each drains its own requests in flight.
+    let _tasks = Tasks(tasks);
+    // One signal for both listeners to stop accepting and drain.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    tasks.push(tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    }));
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let grpc = match state.settings().grpc_listen {
+    let (health, health_service) = crate::extproc::health();
+    let mut grpc = match settings.grpc_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr).await?;
-            let serving = crate::extproc::serve(state.clone(), listener, wait(stopped.clone()));
+            let mut stopped = stopped.clone();
+            let serving = crate::extproc::serve(
+                state.clone(),
+                listener,
+                grpc_tls,
+                settings.request_timeout,
+                (health.clone(), health_service),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            );
             Some(tokio::spawn(serving))
         }
         None => None,
     };
-    let _tasks = Tasks(tasks);
-    axum::serve(listener, crate::http::router(state))
-        .with_graceful_shutdown(wait(stopped))
-        .await?;
-    if let Some(grpc) = grpc
-        && let Ok(Err(e)) = grpc.await
-    {
-        return Err(RunError::Grpc(e));
+    let mut http = tokio::spawn(crate::server::accept_http(
+        listener,
+        crate::http::router(state.clone()),
+        http_tls.map(tokio_rustls::TlsAcceptor::from),
+        settings.request_timeout,
+        stopped,
+    ));
+    let grpc_ended = async {
+        match grpc.as_mut() {
+            Some(g) => g.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = shutdown => {}
+        ended = grpc_ended => {
+            // The gRPC server stopped on its own: stop the HTTP side too and report why.
+            let _ = stop.send(true);
+            http.abort();
+            return match ended {
+                Ok(Err(e)) => Err(RunError::Grpc(e)),
+                _ => Ok(()),
+            };
+        }
+    }
+
+    let (delay, drain) = (settings.shutdown_delay, settings.drain_timeout);
+    state.inner.draining.store(true, Ordering::Release);
+    crate::extproc::set_not_serving(&health).await;
+    tracing::info!(
+        shutdown_delay = %humantime::format_duration(delay),
+        "shutting down: /readyz now answers 503 and gRPC health NOT_SERVING; still serving for the shutdown delay"
+    );
+    tokio::time::sleep(delay).await;
+    let _ = stop.send(true);
+    tracing::info!(
+        drain_timeout = %humantime::format_duration(drain),
+        "stopped accepting connections; waiting for requests and streams in flight"
+    );
+    let mut connections = match (&mut http).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("the HTTP accept loop failed: {e}");
+            tokio::task::JoinSet::new()
+        }
+    };
+    let drained = tokio::time::timeout(drain, async {
+        while connections.join_next().await.is_some() {}
+        match grpc.as_mut() {
+            Some(g) => g.await.ok(),
+            None => None,
+        }
+    })
+    .await;
+    match drained {
+        Ok(Some(Err(e))) => return Err(RunError::Grpc(e)),
+        Ok(_) => tracing::info!("drained: every request in flight finished"),
+        Err(_) => {
+            tracing::warn!(
+                http_connections = connections.len(),
+                "drain timeout: closing the connections and ext_proc streams still open"
+            );
+            connections.abort_all();
+            if let Some(g) = &grpc {
+                g.abort();
+            }
+        }
     }
     Ok(())
 }

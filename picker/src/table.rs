@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ use inferpick_schema::{LoadReport, ValidationError};
 use crate::prefix::PrefixIndex;
 
 const SHARDS: usize = 64;
+
+/// The default of [`TableConfig::max_endpoints`] (`--max-endpoints`).
+pub const DEFAULT_MAX_ENDPOINTS: usize = 10_000;
 
 /// How the table ages and bounds what it holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +35,9 @@ pub struct TableConfig {
     pub max_open_decisions: usize,
     /// Most prompt blocks the prefix index keeps per endpoint.
     pub prefix_blocks_per_endpoint: usize,
+    /// Most endpoints the table holds: a report for a new endpoint beyond it is refused, so a flood
+    /// of made-up endpoints cannot exhaust memory. Endpoints already in the table keep updating.
+    pub max_endpoints: usize,
 }
 
 impl Default for TableConfig {
@@ -41,6 +47,7 @@ impl Default for TableConfig {
             forget_after: Duration::from_secs(60),
             max_open_decisions: 100_000,
             prefix_blocks_per_endpoint: 8192,
+            max_endpoints: DEFAULT_MAX_ENDPOINTS,
         }
     }
 }
@@ -400,25 +407,55 @@ impl IngestOutcome {
     }
 }
 
-/// A report the table refused; nothing was changed.
+/// A report or batch the table refused; nothing was changed.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{prefix}{source} (report for {address})", prefix = index.map(|i| format!("[{i}].")).unwrap_or_default())]
-pub struct IngestError {
-    /// Position in a batch, when the report came in one.
-    pub index: Option<usize>,
-    /// The endpoint address the report claimed.
-    pub address: String,
-    /// The rule it broke.
-    #[source]
-    pub source: ValidationError,
+pub enum IngestError {
+    /// A report broke a validation rule.
+    #[error("{prefix}{source} (report for {address})", prefix = index_prefix(*index))]
+    Invalid {
+        /// Position in a batch, when the report came in one.
+        index: Option<usize>,
+        /// The endpoint address the report claimed.
+        address: String,
+        /// The rule it broke.
+        #[source]
+        source: ValidationError,
+    },
+    /// Accepting the new endpoints would grow the table past [`TableConfig::max_endpoints`].
+    #[error(
+        "{prefix}report for new endpoint {address} refused: the table holds {held} of at most {max_endpoints} endpoints and this push adds {new} (raise --max-endpoints / limits.max_endpoints if the fleet is really this large)",
+        prefix = index_prefix(*index)
+    )]
+    TableFull {
+        /// Position in a batch of the first new endpoint's report.
+        index: Option<usize>,
+        /// The first new endpoint's address.
+        address: String,
+        /// Endpoints in the table when the push was refused.
+        held: usize,
+        /// New endpoints the push would have added.
+        new: usize,
+        /// The cap.
+        max_endpoints: usize,
+    },
+}
+
+fn index_prefix(index: Option<usize>) -> String {
+    index.map(|i| format!("[{i}].")).unwrap_or_default()
 }
 
 impl IngestError {
-    /// The JSON path of the offending field (`[2].load.kv_cache_utilization`).
+    /// The JSON path of the offending field (`[2].load.kv_cache_utilization`), or of the report
+    /// (`[2]`) when the report as a whole was refused.
     pub fn field(&self) -> String {
-        match self.index {
-            Some(i) => format!("[{i}].{}", self.source.field),
-            None => self.source.field.clone(),
+        match self {
+            IngestError::Invalid { index, source, .. } => match index {
+                Some(i) => format!("[{i}].{}", source.field),
+                None => source.field.clone(),
+            },
+            IngestError::TableFull { index, .. } => {
+                index.map(|i| format!("[{i}]")).unwrap_or_default()
+            }
         }
     }
 }
@@ -630,6 +667,9 @@ pub struct Table {
     decisions: Mutex<OpenDecisions>,
     prefix: Mutex<PrefixIndex>,
     ids: Mutex<Ids>,
+    /// Endpoints in the table. A push reserves room for its new endpoints here before it changes
+    /// anything, so the cap holds across shards written concurrently.
+    len: AtomicUsize,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical section
@@ -654,6 +694,7 @@ impl Table {
             decisions: Mutex::new(OpenDecisions::default()),
             prefix: Mutex::new(prefix),
             ids: Mutex::new(Ids::default()),
+            len: AtomicUsize::new(0),
         }
     }
 
@@ -709,43 +750,83 @@ impl Table {
 
     /// Validates and applies one report.
     pub fn ingest(&self, report: LoadReport, now: Duration) -> Result<IngestOutcome, IngestError> {
-        report.validate().map_err(|source| IngestError {
+        report.validate().map_err(|source| IngestError::Invalid {
             index: None,
             address: report.endpoint.address.clone(),
             source,
         })?;
-        Ok(self.apply(vec![report], now)[0])
+        self.apply(vec![report], now)
+            .map(|o| o[0])
+            .map_err(|e| match e {
+                IngestError::TableFull {
+                    address,
+                    held,
+                    new,
+                    max_endpoints,
+                    ..
+                } => IngestError::TableFull {
+                    index: None,
+                    address,
+                    held,
+                    new,
+                    max_endpoints,
+                },
+                e => e,
+            })
     }
 
     /// Validates every report, then applies them all (publishing each touched shard once); if one
-    /// is invalid, none is applied and the error names its index.
+    /// is invalid, or the batch's new endpoints do not fit under the cap, none is applied and the
+    /// error names the index.
     pub fn ingest_batch(
         &self,
         reports: Vec<LoadReport>,
         now: Duration,
     ) -> Result<Vec<IngestOutcome>, IngestError> {
         for (i, r) in reports.iter().enumerate() {
-            r.validate().map_err(|source| IngestError {
+            r.validate().map_err(|source| IngestError::Invalid {
                 index: Some(i),
                 address: r.endpoint.address.clone(),
                 source,
             })?;
         }
-        Ok(self.apply(reports, now))
+        self.apply(reports, now)
     }
 
-    fn apply(&self, reports: Vec<LoadReport>, now: Duration) -> Vec<IngestOutcome> {
+    /// How many endpoints the table holds.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Whether the table holds no endpoint.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn apply(
+        &self,
+        reports: Vec<LoadReport>,
+        now: Duration,
+    ) -> Result<Vec<IngestOutcome>, IngestError> {
         let mut outcomes = vec![IngestOutcome::OutOfOrder; reports.len()];
         let mut by_shard: Vec<Vec<(usize, LoadReport)>> = Vec::new();
         by_shard.resize_with(SHARDS, Vec::new);
         for (i, r) in reports.into_iter().enumerate() {
             by_shard[shard_of(&r.endpoint.address)].push((i, r));
         }
-        for (s, (shard, group)) in self.shards.iter().zip(by_shard).enumerate() {
+        // Every touched shard's writer lock, taken in shard order (so concurrent pushes cannot
+        // deadlock) and held until the batch is applied: the new endpoints counted below stay new.
+        let writers: Vec<_> = self
+            .shards
+            .iter()
+            .zip(&by_shard)
+            .map(|(shard, group)| (!group.is_empty()).then(|| lock(&shard.write)))
+            .collect();
+        self.reserve(&by_shard)?;
+        for (s, group) in by_shard.into_iter().enumerate() {
             if group.is_empty() {
                 continue;
             }
-            let _writer = lock(&shard.write);
             let mut entries: Vec<Arc<Endpoint>> = self.shard_view(s).entries.clone();
             let mut changed = false;
             for (i, report) in group {
@@ -757,7 +838,56 @@ impl Table {
                 self.publish_shard(s, entries);
             }
         }
-        outcomes
+        drop(writers);
+        Ok(outcomes)
+    }
+
+    /// Counts the distinct endpoints of `by_shard` the table does not hold yet and reserves room
+    /// for them under the cap, or refuses the whole push. The caller holds the touched shards'
+    /// writer locks.
+    fn reserve(&self, by_shard: &[Vec<(usize, LoadReport)>]) -> Result<(), IngestError> {
+        let mut new = 0usize;
+        let mut first: Option<(usize, &str)> = None;
+        for (s, group) in by_shard.iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let view = self.shard_view(s);
+            let mut seen: Vec<&str> = Vec::new();
+            for (i, r) in group {
+                let address = r.endpoint.address.as_str();
+                let held = view
+                    .entries
+                    .binary_search_by(|e| (*e.address).cmp(address))
+                    .is_ok();
+                if !held && !seen.contains(&address) {
+                    seen.push(address);
+                    new += 1;
+                    if first.is_none_or(|(f, _)| *i < f) {
+                        first = Some((*i, address));
+                    }
+                }
+            }
+        }
+        if new == 0 {
+            return Ok(());
+        }
+        let max_endpoints = self.config.load().max_endpoints;
+        self.len
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held.saturating_add(new) <= max_endpoints).then_some(held + new)
+            })
+            .map(|_| ())
+            .map_err(|held| {
+                let (index, address) = first.unwrap_or_default();
+                IngestError::TableFull {
+                    index: Some(index),
+                    address: address.to_string(),
+                    held,
+                    new,
+                    max_endpoints,
+                }
+            })
     }
 
     fn apply_one(
@@ -828,6 +958,7 @@ impl Table {
                 .partition(|e| e.age(now) <= forget_after);
             forgotten.extend(gone.iter().map(|e| e.live.id));
             self.publish_shard(s, keep);
+            self.len.fetch_sub(gone.len(), Ordering::AcqRel);
         }
         if !forgotten.is_empty() {
             let mut prefix = lock(&self.prefix);
@@ -1061,6 +1192,101 @@ pub(crate) mod tests {
             t.snapshot().get("10.0.0.1:8000").unwrap().report.agent.id,
             "new-agent"
         );
+    }
+
+    #[test]
+    fn a_full_table_refuses_a_batch_with_new_endpoints_whole_and_keeps_updating_known_ones() {
+        let t = Table::new(TableConfig {
+            max_endpoints: 3,
+            ..TableConfig::default()
+        });
+        t.ingest_batch(
+            vec![report("10.0.0.1:8000", 1), report("10.0.0.2:8000", 1)],
+            T0,
+        )
+        .unwrap();
+        // Two new endpoints (one listed twice) where one fits: refused whole, naming the first new one.
+        let err = t
+            .ingest_batch(
+                vec![
+                    report("10.0.0.1:8000", 2),
+                    report("10.0.0.3:8000", 1),
+                    report("10.0.0.4:8000", 1),
+                    report("10.0.0.3:8000", 2),
+                ],
+                T0,
+            )
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            IngestError::TableFull {
+                index: Some(1),
+                held: 2,
+                new: 2,
+                max_endpoints: 3,
+                ..
+            }
+        ));
+        assert_eq!(err.field(), "[1]");
+        assert!(err.to_string().contains("10.0.0.3:8000"), "{err}");
+        assert!(err.to_string().contains("--max-endpoints"), "{err}");
+        let s = t.snapshot();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.get("10.0.0.1:8000").unwrap().report.seq, 1, "unchanged");
+        // A duplicate of a new endpoint counts once: exactly fills the table.
+        t.ingest_batch(
+            vec![report("10.0.0.3:8000", 1), report("10.0.0.3:8000", 2)],
+            T0,
+        )
+        .unwrap();
+        assert_eq!(t.len(), 3);
+        assert!(matches!(
+            t.ingest(report("10.0.0.5:8000", 1), T0),
+            Err(IngestError::TableFull { index: None, .. })
+        ));
+        // Known endpoints keep updating at the cap.
+        assert_eq!(
+            t.ingest(report("10.0.0.1:8000", 2), T0).unwrap(),
+            IngestOutcome::Updated
+        );
+        // Forgetting makes room again.
+        let later = T0 + TableConfig::default().forget_after + Duration::from_secs(1);
+        t.ingest(report("10.0.0.1:8000", 3), later).unwrap();
+        assert_eq!(t.forget_silent(later), 2);
+        assert_eq!(t.len(), 1);
+        t.ingest_batch(
+            vec![report("10.0.0.5:8000", 1), report("10.0.0.6:8000", 1)],
+            later,
+        )
+        .unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.snapshot().len(), 3);
+    }
+
+    #[test]
+    fn concurrent_pushes_never_grow_the_table_past_its_cap() {
+        let t = Arc::new(Table::new(TableConfig {
+            max_endpoints: 50,
+            ..TableConfig::default()
+        }));
+        let threads: Vec<_> = (0..4)
+            .map(|w| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for b in 0..20 {
+                        let batch = (0..5)
+                            .map(|i| report(&format!("10.{w}.{b}.{i}:8000"), 1))
+                            .collect();
+                        let _ = t.ingest_batch(batch, T0);
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        assert_eq!(t.snapshot().len(), 50);
+        assert_eq!(t.len(), 50);
     }
 
     #[test]

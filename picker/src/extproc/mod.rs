@@ -122,13 +122,38 @@ impl ExternalProcessor for ExtProc {
     }
 }
 
-/// Serves ext_proc and gRPC health on `addr` until `shutdown` resolves.
-pub async fn serve(
+/// The gRPC health service and the handle that flips it to NOT_SERVING when the picker drains.
+pub fn health() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    tonic_health::server::health_reporter()
+}
+
+/// Marks ext_proc and the server as a whole NOT_SERVING (readiness drops before a shutdown).
+pub async fn set_not_serving(health: &tonic_health::server::HealthReporter) {
+    health
+        .set_not_serving::<ExternalProcessorServer<ExtProc>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+}
+
+/// Serves ext_proc and gRPC health on `listener` until `shutdown` resolves, then waits for the
+/// streams in flight. `tls` is the server configuration when the listener serves TLS; a client
+/// whose TLS and HTTP/2 handshakes do not finish within `handshake_timeout` is disconnected.
+pub async fn serve<H: tonic_health::pb::health_server::Health>(
     state: AppState,
     listener: tokio::net::TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    handshake_timeout: Duration,
+    (health, health_service): (
+        tonic_health::server::HealthReporter,
+        tonic_health::pb::health_server::HealthServer<H>,
+    ),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ExternalProcessorServer<ExtProc>>()
         .await;
@@ -136,22 +161,32 @@ pub async fn serve(
         decide: PickerDecide { state },
     });
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, "ext_proc (endpoint-picker protocol) listening");
-    // Accepted here rather than by tonic, so tonic's own TCP_NODELAY does not apply: without it
-    // each small ext_proc message can wait out a delayed ACK (40 ms at p99, measured).
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            if let Ok(c) = &conn {
-                let _ = c.set_nodelay(true);
-            }
-            conn
-        },
+    tracing::info!(
+        ?addr,
+        tls = tls.is_some(),
+        "ext_proc (endpoint-picker protocol) listening"
+    );
+    // The accept loop stops with the server: tonic stops polling it on `shutdown`.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let incoming = crate::server::accept_grpc(
+        listener,
+        tls.map(tokio_rustls::TlsAcceptor::from),
+        handshake_timeout,
+        stopped,
     );
     tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(handshake_timeout))
         .add_service(health_service)
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown)
         .await
 }
+
+/// How often an idle ext_proc connection is pinged, so a vanished peer is noticed while its
+/// stream (which lives as long as the proxied response) has no deadline of its own.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{CONNECTION, RETRY_AFTER, WWW_AUTHENTICATE};
 use inferpick_schema::ErrorBody;
 
 use crate::scheduler::PickError;
@@ -17,6 +17,15 @@ pub enum ApiError {
     /// 401.
     #[error("{0}")]
     Unauthorized(String),
+    /// 403: the sender may not do this (a report for another pod's address).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 408: the request body did not arrive in time.
+    #[error("the request body did not arrive within {}", humantime::format_duration(*.0))]
+    RequestTimeout(std::time::Duration),
+    /// 503: the table is at `--max-endpoints` and the request would add endpoints.
+    #[error("{0}")]
+    TableFull(String),
     /// 413.
     #[error("request body over the {limit}-byte limit")]
     PayloadTooLarge {
@@ -40,6 +49,9 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::RequestTimeout(_) => "request_timeout",
+            ApiError::TableFull(_) => "table_full",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::NotFound(_) => "not_found",
@@ -52,6 +64,9 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TableFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -86,6 +101,10 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unauthorized(_) => {
                 headers.insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            }
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            ApiError::RequestTimeout(_) => {
+                headers.insert(CONNECTION, http::HeaderValue::from_static("close"));
             }
             _ => {}
         }

@@ -37,7 +37,12 @@ pub(super) async fn healthz() -> &'static str {
 }
 
 pub(super) async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if state.is_ready() {
+    if state.is_draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n",
+        )
+    } else if state.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (

@@ -95,7 +95,7 @@ pub(super) async fn pick(
     let request = async {
         let explain = explain_flag(&query)?;
         require_json(&headers)?;
-        let bytes = read_body(&headers, body, MAX_PICK_BODY).await?;
+        let bytes = read_body(&state, &headers, body, MAX_PICK_BODY).await?;
         let request: PickRequest =
             decode_json(&bytes).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
         Ok::<_, ApiError>((request, explain))
@@ -197,7 +197,7 @@ pub(super) async fn authz(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Pick)?;
     let request = async {
-        let bytes = read_body(&headers, body, MAX_PICK_BODY).await?;
+        let bytes = read_body(&state, &headers, body, MAX_PICK_BODY).await?;
         authz_request(&headers, &bytes)
     }
     .await
@@ -224,7 +224,7 @@ pub(super) async fn done(
 ) -> Result<StatusCode, ApiError> {
     authorize(&state, &headers, Scope::Pick)?;
     require_json(&headers)?;
-    let bytes = read_body(&headers, body, MAX_DONE_BODY).await?;
+    let bytes = read_body(&state, &headers, body, MAX_DONE_BODY).await?;
     let done: DoneRequest =
         decode_json(&bytes).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let id = uuid::Uuid::parse_str(&done.decision_id).map_err(|_| {

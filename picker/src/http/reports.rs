@@ -1,16 +1,21 @@
 //! `POST /v1/reports`: one `LoadReport` or an array of them.
 
+use std::net::SocketAddr;
+
+use axum::Extension;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use http::{HeaderMap, StatusCode};
 use inferpick_schema::decode_reports;
 
 use super::{ApiError, MAX_REPORTS_BODY, authorize, read_body, require_json};
 use crate::service::{AppState, Scope};
-use crate::table::IngestOutcome;
+use crate::table::{IngestError, IngestOutcome};
+use crate::trust::check_origin;
 
 pub(super) async fn reports(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
@@ -23,18 +28,46 @@ pub(super) async fn reports(
     };
     authorize(&state, &headers, Scope::Report).map_err(refused("unauthorized"))?;
     require_json(&headers).map_err(refused("invalid"))?;
-    let bytes = read_body(&headers, body, MAX_REPORTS_BODY)
+    let bytes = read_body(&state, &headers, body, MAX_REPORTS_BODY)
         .await
         .map_err(|e| match e {
             ApiError::PayloadTooLarge { .. } => refused("too_large")(e),
+            ApiError::RequestTimeout(_) => refused("timeout")(e),
             e => refused("invalid")(e),
         })?;
     let reports = decode_reports(&bytes)
         .map_err(|e| refused("invalid")(ApiError::InvalidRequest(e.to_string())))?;
+    // Served through `serve`, every request carries its TCP peer; a router used without one
+    // (embedded elsewhere) cannot tell who sends, so it refuses rather than trusts.
+    let Some(Extension(ConnectInfo(peer))) = peer else {
+        return Err(refused("forbidden")(ApiError::Forbidden(
+            "the sender's address is unknown, so its reports cannot be checked".into(),
+        )));
+    };
+    let trusted = &state.settings().trusted_proxies;
+    for (i, r) in reports.iter().enumerate() {
+        if let Err(e) = check_origin(peer, &r.endpoint.address, trusted) {
+            let at = if reports.len() > 1 {
+                format!("[{i}].")
+            } else {
+                String::new()
+            };
+            return Err(refused("forbidden")(ApiError::Forbidden(format!(
+                "{at}{e}"
+            ))));
+        }
+    }
     let outcomes = state
         .table()
         .ingest_batch(reports, state.now())
-        .map_err(|e| refused("invalid")(ApiError::InvalidRequest(e.to_string())))?;
+        .map_err(|e| match e {
+            IngestError::TableFull { .. } => {
+                refused("table_full")(ApiError::TableFull(e.to_string()))
+            }
+            IngestError::Invalid { .. } => {
+                refused("invalid")(ApiError::InvalidRequest(e.to_string()))
+            }
+        })?;
     let (mut accepted, mut restarted, mut ignored) = (0, 0, 0);
     for o in outcomes {
         match o {

@@ -71,9 +71,22 @@ fn get(path: &str) -> Request<Body> {
     Request::get(path).body(Body::empty()).unwrap()
 }
 
-fn app_with(settings: Settings) -> (AppState, Router) {
+/// The TCP peer every request comes from, as the accept loop would record it.
+const PEER: &str = "127.0.0.1:40000";
+
+/// A router whose requests come from [`PEER`], which is a trusted proxy: the tests report for
+/// made-up pod addresses, as a proxy pushing for a fleet does.
+fn app_with(mut settings: Settings) -> (AppState, Router) {
+    settings.trusted_proxies.push("127.0.0.1".parse().unwrap());
+    app_from(settings, PEER)
+}
+
+/// A router whose requests come from `peer`, with `settings` as given.
+fn app_from(settings: Settings, peer: &str) -> (AppState, Router) {
     let state = AppState::new(settings).unwrap();
-    (state.clone(), router(state))
+    let peer: std::net::SocketAddr = peer.parse().unwrap();
+    let app = router(state.clone()).layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+    (state, app)
 }
 
 fn app() -> (AppState, Router) {
@@ -119,6 +132,86 @@ fn scratch(name: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+#[tokio::test]
+async fn a_report_for_another_pods_address_is_403_unless_the_sender_is_a_trusted_proxy() {
+    let (state, app) = app_from(Settings::default(), "10.0.0.1:40000");
+    push(&app, &[pod("10.0.0.1:8000", 0, 0.1)]).await;
+    let before = table_json(&app).await;
+    // One forged report in a batch refuses the whole batch.
+    let batch = json!([
+        to_json(&pod("10.0.0.1:8000", 1, 0.2)),
+        to_json(&pod("10.0.0.9:8000", 0, 0.1))
+    ]);
+    let r = call(&app, json_req("/v1/reports", &batch)).await;
+    let message = r.error(403, "forbidden");
+    assert!(message.contains("[1]."), "{message}");
+    assert!(
+        message.contains("10.0.0.9:8000") && message.contains("10.0.0.1"),
+        "{message}"
+    );
+    assert_eq!(table_json(&app).await, before);
+    assert!(
+        state
+            .render_metrics()
+            .contains("inferpick_picker_reports_total{result=\"forbidden\"} 1")
+    );
+    // An IPv4-mapped IPv6 peer is the same IPv4 address.
+    let (_, mapped) = app_from(Settings::default(), "[::ffff:10.0.0.1]:40000");
+    push(&mapped, &[pod("10.0.0.1:8000", 0, 0.1)]).await;
+    // A trusted proxy may report for anyone.
+    let trusting = Settings {
+        trusted_proxies: vec!["10.0.0.0/24".parse().unwrap()],
+        ..Settings::default()
+    };
+    let (_, proxy) = app_from(trusting, "10.0.0.200:40000");
+    push(
+        &proxy,
+        &[pod("10.0.0.9:8000", 0, 0.1), pod("10.0.0.10:8000", 0, 0.1)],
+    )
+    .await;
+    // Without a known peer (the router used without `serve`), reports are refused, not trusted.
+    let bare = router(AppState::new(Settings::default()).unwrap());
+    let r = call(
+        &bare,
+        json_req("/v1/reports", &to_json(&pod("10.0.0.1:8000", 0, 0.1))),
+    )
+    .await;
+    r.error(403, "forbidden");
+}
+
+#[tokio::test]
+async fn a_push_that_would_grow_the_table_past_max_endpoints_is_503_table_full() {
+    let (state, app) = app_with(Settings {
+        max_endpoints: 2,
+        ..Settings::default()
+    });
+    push(
+        &app,
+        &[pod("10.0.0.1:8000", 0, 0.1), pod("10.0.0.2:8000", 0, 0.1)],
+    )
+    .await;
+    let before = table_json(&app).await;
+    let r = call(
+        &app,
+        json_req("/v1/reports", &to_json(&pod("10.0.0.3:8000", 0, 0.1))),
+    )
+    .await;
+    let message = r.error(503, "table_full");
+    assert!(
+        message.contains("--max-endpoints") && message.contains('2'),
+        "{message}"
+    );
+    assert_eq!(table_json(&app).await, before);
+    let mut update = pod("10.0.0.1:8000", 3, 0.5);
+    update.seq = 2;
+    push(&app, &[update]).await;
+    assert!(
+        state
+            .render_metrics()
+            .contains("inferpick_picker_reports_total{result=\"table_full\"} 1")
+    );
 }
 
 #[tokio::test]
@@ -635,10 +728,12 @@ async fn reload_applies_a_good_file_and_keeps_the_old_config_on_a_bad_one() {
     .unwrap();
     let settings = Settings::from_args(crate::config::Args {
         config: Some(file.clone()),
+        // Flags survive a reload: the test's peer stays a trusted proxy.
+        trusted_proxies: Some("127.0.0.1".into()),
         ..Default::default()
     })
     .unwrap();
-    let (state, app) = app_with(settings);
+    let (state, app) = app_from(settings, PEER);
     assert_eq!(state.scheduler().policy().as_str(), "gie");
 
     std::fs::write(&file, "policy: round-robin\n").unwrap();
