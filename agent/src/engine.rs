@@ -131,8 +131,6 @@ struct TgiInfo {
 impl Engine {
     /// An engine whose metrics are at `metrics`, each call bounded by `timeout`.
     pub fn new(metrics: Url, timeout: Duration) -> Self {
-        // reqwest builds even a plain-HTTP client's TLS from the process's rustls provider.
-        crate::tls::install_default_provider();
         let client = Client::builder()
             .connect_timeout(timeout)
             .pool_max_idle_per_host(2)

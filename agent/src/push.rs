@@ -99,9 +99,6 @@ pub struct Clients {
 impl Clients {
     /// Clients whose requests take at most `timeout`; https trusts only `ca_roots` when given.
     pub fn new(timeout: Duration, ca_roots: Option<Arc<rustls::RootCertStore>>) -> Self {
-        if ca_roots.is_none() {
-            crate::tls::install_default_provider();
-        }
         Clients {
             timeout,
             tls: ca_roots.map(crate::tls::client_config),

@@ -1,5 +1,6 @@
-//! TLS for pushes to `https://` pickers: rustls with the ring provider, trusting either only the
-//! CAs of `--ca-file` or, without it, the system's roots (through reqwest's platform verifier).
+//! TLS for pushes to `https://` pickers. With `--ca-file`, a rustls configuration (ring provider)
+//! that trusts only that bundle's CAs; without it, reqwest's own rustls setup, which verifies
+//! against the system's roots (rustls-platform-verifier).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,18 +13,6 @@ use rustls_pki_types::pem::PemObject;
 /// The crypto provider every TLS connection of the agent uses.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Makes ring the process's default rustls provider unless one is installed already.
-///
-/// reqwest builds the TLS of every client that is not given a preconfigured one from the process
-/// default (and panics without one), so this runs before any such client is built. A provider an
-/// embedding program installed first is kept.
-pub fn install_default_provider() {
-    if CryptoProvider::get_default().is_none() {
-        // Losing a race to another installer is fine: either provider works.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
 }
 
 /// Reads a PEM bundle of CA certificates; the error names the file and what is wrong with it.

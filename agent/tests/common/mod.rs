@@ -117,13 +117,7 @@ impl FakePicker {
 
     async fn start_with(hang: bool) -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
-        let state = PickerState {
-            received: received.clone(),
-            hang,
-        };
-        let app = Router::new()
-            .route("/v1/reports", any(picker_reports))
-            .with_state(state);
+        let app = picker_app(received.clone(), hang);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -142,6 +136,15 @@ impl FakePicker {
 
     pub fn count(&self) -> usize {
         self.received.lock().unwrap().len()
+    }
+
+    /// The last report received.
+    pub fn last(&self) -> Option<LoadReport> {
+        self.received
+            .lock()
+            .unwrap()
+            .last()
+            .map(|(r, _, _)| r.clone())
     }
 
     pub fn seqs(&self) -> Vec<u64> {
@@ -163,6 +166,13 @@ impl Drop for FakePicker {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The fake picker's routes, recording into `received` (or never answering, with `hang`).
+pub fn picker_app(received: Received, hang: bool) -> Router {
+    Router::new()
+        .route("/v1/reports", any(picker_reports))
+        .with_state(PickerState { received, hang })
 }
 
 async fn picker_reports(
@@ -215,8 +225,6 @@ impl Agent {
         gpus: Option<Arc<dyn inferpick_agent::gpu::GpuSource>>,
     ) -> Self {
         use clap::Parser;
-        // These tests' own reqwest calls need a rustls provider as much as the agent's do.
-        inferpick_agent::tls::install_default_provider();
         let mut argv = vec![
             "inferpick-agent",
             "--engine-url",
@@ -279,10 +287,15 @@ impl Agent {
         }
     }
 
-    pub async fn stop(mut self) {
+    /// Tells the agent to stop without waiting for it.
+    pub fn signal_stop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+    }
+
+    pub async fn stop(mut self) {
+        self.signal_stop();
         (&mut self.task).await.unwrap().unwrap();
     }
 }
