@@ -1,5 +1,6 @@
 //! Runs the real `inferpick-picker` binary on loopback: reports in, picks out, staleness, forgetting,
-//! SIGTERM, and the exit status of a bad configuration.
+//! SIGTERM (readiness first, then a drain of what is in flight), and the exit status of a bad
+//! configuration.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -267,8 +268,120 @@ fn a_bad_configuration_exits_64_naming_every_problem() {
         "--max-report-age",
         "--forget-after",
         "--policy",
+        "--trusted-proxies",
+        "--max-endpoints",
+        "--tls-cert",
+        "--tls-key",
+        "--request-timeout",
+        "--shutdown-delay",
+        "--drain-timeout",
         "INFERPICK_MAX_REPORT_AGE",
+        "INFERPICK_TRUSTED_PROXIES",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
+}
+
+#[tokio::test]
+async fn sigterm_drops_readiness_first_then_drains_a_request_in_flight_and_exits_0() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut picker = start(&[
+        "--shutdown-delay",
+        "1s",
+        "--drain-timeout",
+        "10s",
+        "--max-report-age",
+        "60s",
+        "--forget-after",
+        "120s",
+    ]);
+    let base = picker.base.clone();
+    let addr = base.trim_start_matches("http://").to_string();
+    let client = reqwest::Client::new();
+    push(&client, &base, report(A, 1)).await;
+
+    // A pick whose body is half sent when SIGTERM arrives.
+    let body = json!({"model": MODEL}).to_string();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut in_flight = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/pick HTTP/1.1\r\nhost: picker\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{first}",
+        body.len()
+    );
+    in_flight.write_all(head.as_bytes()).await.unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &picker.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // Readiness drops while the listener still serves.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        tick.tick().await;
+        let r = client.get(format!("{base}/readyz")).send().await;
+        if r.as_ref().is_ok_and(|r| r.status() == 503) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never answered 503: {r:?}"
+        );
+    }
+    // Then it stops accepting connections...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting 5 s after SIGTERM"
+        );
+        tick.tick().await;
+    }
+    assert!(
+        picker.child.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
+    // ...and the request in flight still completes.
+    in_flight.write_all(rest.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), in_flight.read_to_end(&mut response))
+        .await
+        .expect("the in-flight request was answered")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains(A), "{response}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = picker.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "picker did not exit after draining"
+        );
+        tick.tick().await;
+    };
+    assert!(exit.success(), "exit status {exit}");
+    // Every line, up to the end of stderr (the reader stops at EOF).
+    let mut lines = Vec::new();
+    while let Ok(line) = picker.log.recv_timeout(Duration::from_secs(5)) {
+        lines.push(line);
+    }
+    let log = lines.join("\n");
+    for step in [
+        "shutdown signal received",
+        "/readyz now answers 503",
+        "stopped accepting connections",
+        "drained",
+    ] {
+        assert!(log.contains(step), "{step:?} missing from the log:\n{log}");
+    }
+    assert!(
+        lines.last().is_some_and(|l| l.trim_end().ends_with("stopped")),
+        "{log}"
+    );
 }
