@@ -128,6 +128,18 @@ async fn every_route_and_bad_paths_and_methods_get_clear_answers() {
     let healthz = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(healthz.status(), 200);
     assert_eq!(healthz.text().await.unwrap(), "ok\n");
+    // The same port speaks HTTP/2 (prior knowledge) too.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h2.version(), reqwest::Version::HTTP_2);
+    assert_eq!(h2.status(), 200);
     let readyz = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(readyz.status(), 200);
     let report = http.get(format!("{base}/v1/report")).send().await.unwrap();

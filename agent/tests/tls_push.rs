@@ -61,7 +61,7 @@ struct TlsPicker {
 
 impl TlsPicker {
     async fn start(pki: &Pki) -> Self {
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
@@ -72,6 +72,8 @@ impl TlsPicker {
             PrivateKeyDer::Pkcs8(pki.key.clone_key()),
         )
         .unwrap();
+        // Like a real picker: offers both; the agent's pushes settle on HTTP/1.1.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let received: Received = Arc::new(Mutex::new(Vec::new()));
         let failed_handshakes = Arc::new(AtomicUsize::new(0));
