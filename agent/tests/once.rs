@@ -88,3 +88,26 @@ fn bad_flags_exit_64_naming_each_flag() {
         "{err}"
     );
 }
+
+#[test]
+fn an_unreadable_ca_file_stops_the_agent_at_startup_naming_the_file() {
+    let out = Command::new(env!("CARGO_BIN_EXE_inferpick-agent"))
+        .args([
+            "--endpoint",
+            "10.0.0.1:8000",
+            "--listen",
+            "127.0.0.1:0",
+            "--picker",
+            "https://127.0.0.1:9",
+            "--ca-file",
+            "/nonexistent/picker-ca.pem",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("--ca-file") && err.contains("/nonexistent/picker-ca.pem"),
+        "{err}"
+    );
+}
