@@ -381,7 +381,9 @@ async fn sigterm_drops_readiness_first_then_drains_a_request_in_flight_and_exits
         assert!(log.contains(step), "{step:?} missing from the log:\n{log}");
     }
     assert!(
-        lines.last().is_some_and(|l| l.trim_end().ends_with("stopped")),
+        lines
+            .last()
+            .is_some_and(|l| l.trim_end().ends_with("stopped")),
         "{log}"
     );
 }

@@ -6,12 +6,10 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use common::{InProcess, MODEL, exchange, report, request, start};
+use common::{InProcess, MODEL, exchange, free_port, h2, report, request, start};
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap as EnvoyHeaders, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
@@ -80,13 +78,6 @@ fn client_config(pki: &Pki, alpn: &[&[u8]]) -> rustls::ClientConfig {
     config
 }
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 async fn tls_picker(pki: &Pki) -> (InProcess, SocketAddr) {
     let grpc = free_port();
     let picker = start(Settings {
@@ -101,24 +92,6 @@ async fn tls_picker(pki: &Pki) -> (InProcess, SocketAddr) {
     (picker, grpc)
 }
 
-/// hyper's HTTP/2 client connection as the tower service tonic's generated client wants.
-#[derive(Clone)]
-struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
-
-impl tower::Service<http::Request<tonic::body::Body>> for H2 {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, hyper::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(self.0.send_request(request))
-    }
-}
-
 /// One ext_proc exchange over TLS: request headers naming the model, end of stream.
 async fn ext_proc_over_tls(pki: &Pki, grpc: SocketAddr) -> ProcessingResponse {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(pki, &[b"h2"])));
@@ -127,15 +100,8 @@ async fn ext_proc_over_tls(pki: &Pki, grpc: SocketAddr) -> ProcessingResponse {
         .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
         .await
         .expect("TLS handshake with the gRPC listener");
-    let (send, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
     let origin: http::Uri = format!("https://{grpc}").parse().unwrap();
-    let mut client = ExternalProcessorClient::with_origin(H2(send), origin);
+    let mut client = ExternalProcessorClient::with_origin(h2(tls).await, origin);
     let headers = ProcessingRequest {
         request: Some(Request::RequestHeaders(HttpHeaders {
             headers: Some(EnvoyHeaders {

@@ -31,6 +31,20 @@ impl Drop for InProcess {
     }
 }
 
+impl InProcess {
+    /// Resolves the shutdown future `serve` was given (as SIGTERM does in the binary).
+    pub fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Whether `serve` has returned.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
 /// Starts a picker with `settings` (its listen address is ignored: it binds 127.0.0.1:0).
 pub async fn start(settings: Settings) -> InProcess {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -228,6 +242,52 @@ pub async fn eventually<F: std::future::Future<Output = bool>>(
         }
     }
     false
+}
+
+/// An unused loopback port (bound, then released).
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// hyper's HTTP/2 client connection as the tower service tonic's generated clients want.
+#[derive(Clone)]
+pub struct H2(pub hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tower::Service<http::Request<tonic::body::Body>> for H2 {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, hyper::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(request))
+    }
+}
+
+/// An HTTP/2 connection over `io` (plain TCP or TLS), driven in the background.
+pub async fn h2<IO>(io: IO) -> H2
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    H2(send)
 }
 
 /// This process's resident set size in bytes, from /proc/self/status.
