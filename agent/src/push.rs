@@ -347,9 +347,12 @@ async fn follow_dns(
 }
 
 /// Resolves with the last report once one is published; never while the channel stays open
-/// without one, nor once it closes (the push in flight then finishes as usual).
-async fn last_report(reports: &mut watch::Receiver<Option<Outgoing>>) -> Outgoing {
+/// without one, nor once it closes (the push in flight then finishes as usual). Watches through
+/// a clone so that reports published meanwhile stay unseen by `reports`, and the newest is pushed
+/// as soon as the push in flight is done.
+async fn last_report(reports: &watch::Receiver<Option<Outgoing>>) -> Outgoing {
     let found = reports
+        .clone()
         .wait_for(|o| o.as_ref().is_some_and(|o| o.last))
         .await
         .ok()
@@ -383,7 +386,7 @@ async fn push_loop(
         // The last report does not wait behind a push to a slow picker.
         let result = tokio::select! {
             result = push_one(&target, out, &metrics) => result,
-            last = last_report(&mut reports) => {
+            last = last_report(&reports) => {
                 push_last(&target, last, &metrics).await;
                 return;
             }
