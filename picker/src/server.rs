@@ -43,12 +43,13 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Accepts HTTP connections on `listener` until `stop` turns true, then returns the connections
-/// still open; each of them finishes its request in flight and closes (HTTP/2: GOAWAY).
+/// still open; each of them finishes its request in flight and closes (HTTP/2: GOAWAY). Each
+/// connection is bounded by `request_timeout()` as it is when the connection is accepted.
 pub(crate) async fn accept_http(
     listener: TcpListener,
     router: Router,
     tls: Option<TlsAcceptor>,
-    request_timeout: Duration,
+    request_timeout: impl Fn() -> Duration + Send + 'static,
     stop: watch::Receiver<bool>,
 ) -> JoinSet<()> {
     let mut connections = JoinSet::new();
@@ -65,7 +66,7 @@ pub(crate) async fn accept_http(
                         peer,
                         router.clone(),
                         tls.clone(),
-                        request_timeout,
+                        request_timeout(),
                         draining.clone(),
                     );
                     connections.spawn(conn);

@@ -383,7 +383,10 @@ pub async fn serve(
         listener,
         crate::http::router(state.clone()),
         http_tls.map(tokio_rustls::TlsAcceptor::from),
-        settings.request_timeout,
+        {
+            let state = state.clone();
+            move || state.settings().request_timeout
+        },
         stopped,
     ));
     let grpc_ended = async {
@@ -405,7 +408,11 @@ pub async fn serve(
         }
     }
 
-    let (delay, drain) = (settings.shutdown_delay, settings.drain_timeout);
+    // As configured now: a reload may have changed them since the start.
+    let (delay, drain) = {
+        let now = state.settings();
+        (now.shutdown_delay, now.drain_timeout)
+    };
     state.inner.draining.store(true, Ordering::Release);
     crate::extproc::set_not_serving(&health).await;
     tracing::info!(

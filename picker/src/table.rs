@@ -1263,6 +1263,59 @@ pub(crate) mod tests {
         assert_eq!(t.snapshot().len(), 3);
     }
 
+    proptest::proptest! {
+        /// Whatever batches arrive — new and known endpoints, duplicates, an invalid report here
+        /// and there — a refused batch changes nothing, an accepted one holds every address it
+        /// names, and the table never exceeds its cap.
+        #[test]
+        fn batches_apply_whole_or_not_at_all_and_the_cap_holds(
+            cap in 1usize..12,
+            batches in proptest::collection::vec(
+                proptest::collection::vec((0u8..24, proptest::bool::weighted(0.05)), 1..8),
+                1..30,
+            ),
+        ) {
+            let t = Table::new(TableConfig { max_endpoints: cap, ..TableConfig::default() });
+            for (seq, batch) in batches.iter().enumerate() {
+                let before: Vec<(String, u64)> = t
+                    .snapshot()
+                    .iter()
+                    .map(|e| (e.address.to_string(), e.report.seq))
+                    .collect();
+                let reports: Vec<LoadReport> = batch
+                    .iter()
+                    .map(|&(host, invalid)| {
+                        let mut r = report(&format!("10.0.0.{host}:8000"), seq as u64 + 1);
+                        if invalid {
+                            r.load.kv_cache_utilization = Some(2.0);
+                        }
+                        r
+                    })
+                    .collect();
+                let addresses: Vec<String> =
+                    reports.iter().map(|r| r.endpoint.address.clone()).collect();
+                let result = t.ingest_batch(reports, T0);
+                let after = t.snapshot();
+                match result {
+                    Ok(_) => {
+                        for a in &addresses {
+                            proptest::prop_assert!(after.get(a).is_some(), "{} missing", a);
+                        }
+                    }
+                    Err(_) => {
+                        let now: Vec<(String, u64)> = after
+                            .iter()
+                            .map(|e| (e.address.to_string(), e.report.seq))
+                            .collect();
+                        proptest::prop_assert_eq!(now, before);
+                    }
+                }
+                proptest::prop_assert!(after.len() <= cap);
+                proptest::prop_assert_eq!(after.len(), t.len());
+            }
+        }
+    }
+
     #[test]
     fn concurrent_pushes_never_grow_the_table_past_its_cap() {
         let t = Arc::new(Table::new(TableConfig {
