@@ -44,6 +44,18 @@ pub(super) async fn reports(
             "the sender's address is unknown, so its reports cannot be checked".into(),
         )));
     };
+    // Validated before the origin check, so a malformed report is a 400 naming its field
+    // (an address that is not host:port included) rather than a 403.
+    for (i, r) in reports.iter().enumerate() {
+        r.validate().map_err(|source| {
+            let e = IngestError::Invalid {
+                index: Some(i),
+                address: r.endpoint.address.clone(),
+                source,
+            };
+            refused("invalid")(ApiError::InvalidRequest(e.to_string()))
+        })?;
+    }
     let trusted = &state.settings().trusted_proxies;
     for (i, r) in reports.iter().enumerate() {
         if let Err(e) = check_origin(peer, &r.endpoint.address, trusted) {

@@ -157,6 +157,11 @@ async fn a_report_for_another_pods_address_is_403_unless_the_sender_is_a_trusted
             .render_metrics()
             .contains("inferpick_picker_reports_total{result=\"forbidden\"} 1")
     );
+    // A malformed report is a 400 naming its field, whoever sends it.
+    let mut malformed = pod("10.0.0.1:8000", 0, 0.1);
+    malformed.endpoint.address = "no-port".into();
+    let r = call(&app, json_req("/v1/reports", &to_json(&malformed))).await;
+    assert!(r.error(400, "invalid_request").contains("endpoint.address"));
     // An IPv4-mapped IPv6 peer is the same IPv4 address.
     let (_, mapped) = app_from(Settings::default(), "[::ffff:10.0.0.1]:40000");
     push(&mapped, &[pod("10.0.0.1:8000", 0, 0.1)]).await;
