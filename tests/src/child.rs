@@ -91,6 +91,16 @@ impl ChildGuard {
         self.terminate()
     }
 
+    /// Kills the child and its group at once (SIGKILL, no grace: a crash, an OOM kill) and returns
+    /// its status.
+    pub fn kill(mut self) -> std::io::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        signal_group(self.child.id(), "KILL");
+        self.child.wait()
+    }
+
     fn terminate(&mut self) -> std::io::Result<ExitStatus> {
         let pid = self.child.id();
         if let Some(status) = self.child.try_wait()? {
@@ -209,6 +219,27 @@ mod tests {
         .unwrap();
         assert!(err.contains("broken exited"), "{err}");
         assert!(err.contains("bad config line 3"), "{err}");
+    }
+
+    #[test]
+    fn kill_stops_a_child_that_ignores_sigterm() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = ScratchDir::new("child").unwrap();
+        let mut command = Command::new("sh");
+        command.args(["-c", "trap '' TERM; echo armed; while :; do sleep 1; done"]);
+        let guard = ChildGuard::spawn("stubborn", command, dir.path()).unwrap();
+        crate::wait_until(Duration::from_secs(5), "the trap to be set", || {
+            if guard.log().contains("armed") {
+                Ok(())
+            } else {
+                Err("not yet")
+            }
+        })
+        .unwrap();
+        let pid = guard.id();
+        let status = guard.kill().unwrap();
+        assert_eq!(status.signal(), Some(9), "{status}");
+        assert!(!process_exists(pid));
     }
 
     #[test]

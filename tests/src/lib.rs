@@ -12,12 +12,17 @@
 //! - [`promql`]: the metric names a PromQL expression reads.
 //! - [`contract`]: the metric names of CONTRACTS.md.
 //! - [`fleet`]: emulated engines, agents and pickers in this process, and a gateway's calls.
+//! - [`bins`]: the workspace's binaries, built next to the tests when missing.
+//! - [`procs`]: engines, agents and pickers as real processes that can be killed and restarted.
+//! - [`stall`]: a loopback HTTP server that answers late or never.
+//! - [`synth`]: synthetic load reports, and readings of a picker's `/metrics`.
 //! - [`grafana`]: the queries and variables of dashboards, the rules of rules files.
 //! - [`kube`]: rendering kustomizations and validating manifests (`kubernetes-validate`, CRD schemas,
 //!   `yamllint`).
 //! - [`kustomize`]: a strict renderer for the kustomize subset `deploy/` uses, where no kustomize is
 //!   installed.
 
+pub mod bins;
 pub mod child;
 pub mod contract;
 pub mod fleet;
@@ -25,9 +30,12 @@ pub mod grafana;
 pub mod kube;
 pub mod kustomize;
 pub mod port;
+pub mod procs;
 pub mod prometheus;
 pub mod promql;
 pub mod scratch;
+pub mod stall;
+pub mod synth;
 pub mod tool;
 pub mod wait;
 
@@ -35,9 +43,10 @@ pub use child::ChildGuard;
 pub use port::free_port;
 pub use scratch::ScratchDir;
 pub use tool::Tool;
-pub use wait::{wait_until, wait_until_async};
+pub use wait::{wait_until, wait_until_async, wait_until_async_every};
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The repository root (the workspace directory), whatever directory the test runs in.
 pub fn repo_root() -> PathBuf {
@@ -45,4 +54,12 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("the tests crate lives one level below the workspace root")
         .to_path_buf()
+}
+
+/// An HTTP client for tests, with a whole-request `timeout`.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .expect("a plain HTTP client builds")
 }

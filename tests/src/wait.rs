@@ -69,10 +69,31 @@ pub fn wait_until<T, E: Display>(
 pub async fn wait_until_async<T, E: Display, F: Future<Output = Result<T, E>>>(
     timeout: Duration,
     what: &str,
+    probe: impl FnMut() -> F,
+) -> Result<T, WaitTimeout> {
+    poll_async(timeout, what, FIRST_INTERVAL, MAX_INTERVAL, probe).await
+}
+
+/// [`wait_until_async`] probing every `period`, without backing off: for tests that measure when
+/// a condition became true, to within `period`.
+pub async fn wait_until_async_every<T, E: Display, F: Future<Output = Result<T, E>>>(
+    timeout: Duration,
+    period: Duration,
+    what: &str,
+    probe: impl FnMut() -> F,
+) -> Result<T, WaitTimeout> {
+    poll_async(timeout, what, period, period, probe).await
+}
+
+async fn poll_async<T, E: Display, F: Future<Output = Result<T, E>>>(
+    timeout: Duration,
+    what: &str,
+    first_interval: Duration,
+    max_interval: Duration,
     mut probe: impl FnMut() -> F,
 ) -> Result<T, WaitTimeout> {
     let start = Instant::now();
-    let mut interval = FIRST_INTERVAL;
+    let mut interval = first_interval;
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -90,7 +111,7 @@ pub async fn wait_until_async<T, E: Display, F: Future<Output = Result<T, E>>>(
             });
         }
         tokio::time::sleep(interval.min(timeout - waited)).await;
-        interval = (interval * 2).min(MAX_INTERVAL);
+        interval = (interval * 2).min(max_interval);
     }
 }
 
@@ -129,6 +150,26 @@ mod tests {
     fn probes_once_even_with_a_zero_timeout() {
         let value = wait_until(Duration::ZERO, "immediate", || Ok::<_, String>(7)).unwrap();
         assert_eq!(value, 7);
+    }
+
+    #[tokio::test]
+    async fn fixed_period_wait_probes_at_that_period() {
+        let started = Instant::now();
+        let mut calls = 0u32;
+        let err = wait_until_async_every(
+            Duration::from_millis(100),
+            Duration::from_millis(10),
+            "never",
+            || {
+                calls += 1;
+                std::future::ready(Err::<(), _>("no"))
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        // Backing off from 5 ms would give about six probes in 100 ms; every 10 ms gives ten.
+        assert!(calls >= 9, "{calls} probes: {err}");
     }
 
     #[tokio::test]
