@@ -113,6 +113,19 @@ impl AgentProc {
         pickers: &[String],
         interval: Duration,
     ) -> anyhow::Result<Self> {
+        Self::start_with(dir, name, engine_url, endpoint, pickers, interval, &[]).await
+    }
+
+    /// [`AgentProc::start`] with further flags (`--ca-file`, `--token-file`, …).
+    pub async fn start_with(
+        dir: &Path,
+        name: &str,
+        engine_url: &str,
+        endpoint: &str,
+        pickers: &[String],
+        interval: Duration,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let mut command = Command::new(AGENT.path()?);
         command.args([
             format!("--engine-url={engine_url}"),
@@ -127,6 +140,7 @@ impl AgentProc {
             "--node=loopback".to_owned(),
             "--log-format=json".to_owned(),
         ]);
+        command.args(extra);
         let mut child = ChildGuard::spawn(name, command, dir)?;
         let listen = wait_for_log(&mut child, "the agent's listen address", |line| {
             let entry = json_log(line, "inferpick-agent started")?;
@@ -143,6 +157,11 @@ impl AgentProc {
     /// SIGKILLs the agent.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         kill(&mut self.child)
+    }
+
+    /// Everything the agent logged so far (empty once it was killed).
+    pub fn log(&self) -> String {
+        self.child.as_ref().map(ChildGuard::log).unwrap_or_default()
     }
 }
 
