@@ -189,25 +189,31 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal sent as soon as the caller says it is up stops it cleanly
+/// (dropping the gateways and emulators it started) instead of killing it.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async move {
+            match term {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }
 
@@ -230,13 +236,14 @@ async fn emulate_command(args: EmulateArgs) -> anyhow::Result<()> {
         engine,
     });
     let running = emulate::spawn(emulator, listener)?;
+    let stop = shutdown_signal();
     eprintln!(
         "emulating {} at http://{} (model {}; /v1/completions, /v1/chat/completions, /v1/models, /metrics)",
         args.engine,
         running.addr,
         running.emulator.config().model
     );
-    shutdown_signal().await;
+    stop.await;
     running.stop().await;
     Ok(())
 }
@@ -386,6 +393,7 @@ async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
     }
     if args.keep {
         let (fleet, gateways) = &outcome.kept;
+        let stop = shutdown_signal();
         println!("\nstill running (Ctrl-C stops everything):");
         for (name, gw) in gateways {
             println!("  gateway ({name}):  http://{}/v1/completions", gw.addr());
@@ -400,7 +408,7 @@ async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
                 e.addr
             );
         }
-        shutdown_signal().await;
+        stop.await;
     }
     Ok(())
 }

@@ -2,9 +2,10 @@
 //! the picker (nginx `auth_request`, Envoy ext_proc), or their own round robin for the baseline.
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -17,20 +18,89 @@ const NGINX_LOCATIONS: &str =
 const ENVOY_EXT_PROC: &str =
     include_str!("../../../deploy/gateways/envoy/envoy-ext-proc-fail-closed.yaml");
 
-/// A gateway process; killed (with its process group) when dropped.
+/// A gateway process; stopped (with its process group) when dropped.
+///
+/// The process is started and reaped by a thread of its own that lives exactly as long as it does:
+/// Envoy exits, silently and with status 0, when the thread that forked it ends, so starting it
+/// from a pooled thread (tokio's blocking pool retires idle threads after 10 s) stopped it mid-run.
 #[derive(Debug)]
 pub struct ExternalGateway {
     /// Where clients send requests.
     pub addr: SocketAddr,
-    child: Child,
+    pid: u32,
+    exited: Arc<(Mutex<Option<ExitStatus>>, Condvar)>,
+    reaper: Option<std::thread::JoinHandle<()>>,
     dir: PathBuf,
+}
+
+impl ExternalGateway {
+    /// Starts `cmd` in its own process group on a thread that waits for it.
+    fn spawn(mut cmd: Command, dir: PathBuf, addr: SocketAddr) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(dir.join("gateway.log"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group, so that stopping it stops the workers it forks.
+            .process_group(0);
+        let program = cmd.get_program().to_owned();
+        let exited = Arc::new((Mutex::new(None), Condvar::new()));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let slot = exited.clone();
+        let reaper = std::thread::Builder::new()
+            .name("gateway-reaper".into())
+            .spawn(move || {
+                let mut child = match cmd.spawn() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = started_tx.send(Ok(child.id()));
+                let status = child.wait();
+                let (lock, cvar) = &*slot;
+                let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+                *s = Some(status.unwrap_or_else(|_| ExitStatus::from_raw(0)));
+                cvar.notify_all();
+            })?;
+        let pid = started_rx
+            .recv()
+            .context("the gateway's reaper thread ended before starting it")?
+            .with_context(|| format!("starting {program:?}"))?;
+        Ok(ExternalGateway {
+            addr,
+            pid,
+            exited,
+            reaper: Some(reaper),
+            dir,
+        })
+    }
+
+    /// The exit status, if the process has ended.
+    fn exit_status(&self) -> Option<ExitStatus> {
+        *self.exited.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits up to `within` for the process to end; true if it has.
+    fn wait_exit(&self, within: Duration) -> bool {
+        let (lock, cvar) = &*self.exited;
+        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = cvar
+            .wait_timeout_while(guard, within, |s| s.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        guard.is_some()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+    }
 }
 
 impl Drop for ExternalGateway {
     /// Stops the gateway's whole process group: SIGKILL to nginx's master alone would orphan its
     /// workers. SIGTERM first (both programs then stop their workers), SIGKILL after 5 s.
     fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
+        let group = format!("-{}", self.pid);
         let signal = |sig: &str| {
             let _ = Command::new("kill")
                 .args([sig, "--", &group])
@@ -38,13 +108,15 @@ impl Drop for ExternalGateway {
                 .stderr(Stdio::null())
                 .status();
         };
-        signal("-TERM");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        if self.exit_status().is_none() {
+            signal("-TERM");
+            if !self.wait_exit(Duration::from_secs(5)) {
+                signal("-KILL");
+            }
         }
-        signal("-KILL");
-        let _ = self.child.wait();
+        if let Some(reaper) = self.reaper.take() {
+            let _ = reaper.join();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -200,26 +272,19 @@ pub fn envoy(
 }
 
 fn start(
-    mut cmd: Command,
+    cmd: Command,
     dir: PathBuf,
     addr: SocketAddr,
     envoy_admin: Option<u16>,
 ) -> anyhow::Result<ExternalGateway> {
-    let log = std::fs::File::create(dir.join("gateway.log"))?;
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        // Its own process group, so that stopping it stops the workers it forks.
-        .process_group(0);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
-    let mut gw = ExternalGateway { addr, child, dir };
+    let gw = ExternalGateway::spawn(cmd, dir, addr)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(status) = gw.child.try_wait()? {
-            let log = std::fs::read_to_string(gw.dir.join("gateway.log")).unwrap_or_default();
-            bail!("the gateway exited ({status}) before it was ready:\n{log}");
+        if let Some(status) = gw.exit_status() {
+            bail!(
+                "the gateway exited ({status}) before it was ready:\n{}",
+                gw.log()
+            );
         }
         let ready = match envoy_admin {
             // Envoy listens before its clusters are up; its admin /ready says when it serves.
@@ -244,9 +309,8 @@ fn start(
             return Ok(gw);
         }
         if Instant::now() > deadline {
-            let log = std::fs::read_to_string(gw.dir.join("gateway.log")).unwrap_or_default();
-            bail!("the gateway did not get ready within 30 s:\n{log}");
+            bail!("the gateway did not get ready within 30 s:\n{}", gw.log());
         }
-        std::thread::sleep(Duration::from_millis(20));
+        gw.wait_exit(Duration::from_millis(20));
     }
 }
