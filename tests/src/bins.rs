@@ -4,7 +4,11 @@
 //! `cargo test --workspace` builds them into the target directory the test executable runs from
 //! (their packages have integration tests). When one is missing there, e.g. under
 //! `cargo test -p inferpick-tests` alone, it is built once with `cargo build -p <package> --bin
-//! <name>` in the same profile and target directory.
+//! <name>` in the same profile and target directory. A binary that is there is used as it is:
+//! after editing the picker or the agent, `cargo test --workspace` (or `cargo build`) refreshes it.
+//!
+//! `INFERPICK_BIN_DIR=DIR` takes the binaries from `DIR` instead (nothing is built), e.g. release
+//! binaries for a soak run from a debug test build.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -13,6 +17,9 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, bail};
+
+/// The environment variable naming a directory to take the binaries from.
+pub const BIN_DIR_ENV: &str = "INFERPICK_BIN_DIR";
 
 /// A workspace binary: its package and its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,8 +47,17 @@ pub const LAB: Bin = Bin {
 };
 
 impl Bin {
-    /// The executable's path, built first if it is missing from the test's profile directory.
+    /// The executable's path: from `INFERPICK_BIN_DIR` when set, else from the test's profile
+    /// directory, built first if it is missing there.
     pub fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = std::env::var_os(BIN_DIR_ENV).filter(|d| !d.is_empty()) {
+            return self.in_dir(Path::new(&dir));
+        }
+        self.next_to_tests()
+    }
+
+    /// The binary in the test executable's profile directory, built there if it is missing.
+    fn next_to_tests(&self) -> anyhow::Result<PathBuf> {
         let exe = std::env::current_exe().context("cannot find the test executable's path")?;
         let profile_dir = profile_dir(&exe)?;
         let candidate = profile_dir.join(self.name);
@@ -59,6 +75,19 @@ impl Bin {
             .or_insert_with(|| self.build(&profile_dir).map_err(|e| format!("{e:#}")))
             .clone()
             .map_err(anyhow::Error::msg)
+    }
+
+    /// The binary in `dir` (the `INFERPICK_BIN_DIR` override), which must exist.
+    fn in_dir(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        let path = dir.join(self.name);
+        if !path.is_file() {
+            bail!(
+                "{BIN_DIR_ENV}={}: there is no {} in it",
+                dir.display(),
+                self.name
+            );
+        }
+        Ok(path)
     }
 
     /// `cargo build -p <package> --bin <name>` into `profile_dir`'s target directory and profile.
@@ -157,8 +186,20 @@ mod tests {
     }
 
     #[test]
+    fn the_override_directory_must_hold_the_binary() {
+        let dir = crate::ScratchDir::new("bins").unwrap();
+        let err = PICKER.in_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("INFERPICK_BIN_DIR=") && err.contains("no inferpick-picker"),
+            "{err}"
+        );
+        let program = dir.write("inferpick-picker", "#!/bin/sh\n").unwrap();
+        assert_eq!(PICKER.in_dir(dir.path()).unwrap(), program);
+    }
+
+    #[test]
     fn the_lab_binary_is_found_or_built_next_to_the_tests() {
-        let path = LAB.path().unwrap();
+        let path = LAB.next_to_tests().unwrap();
         assert!(path.is_file(), "{}", path.display());
         assert_eq!(
             path.parent(),

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use inferpick_schema::PickRequest;
+use inferpick_tests::bins::PICKER;
 use inferpick_tests::fleet::PickOutcome;
 use inferpick_tests::procs::{self, PickerProc};
 use inferpick_tests::synth::{Buckets, SynthAgent};
@@ -277,17 +278,13 @@ async fn soak_200_endpoints_at_10hz_with_steady_picks() {
     let (unloaded_p99, loaded_p99) = (unloaded.quantile(0.99), loaded.quantile(0.99));
     println!(
         "soak: {ENDPOINTS} endpoints, {duration:?} loaded after a {baseline:?} picks-only baseline \
-         ({} build)\n\
+         (picker {})\n\
          \x20 reports/s: {reports_per_s:.0} (batches of {BATCH}; {late_rounds} rounds over {REPORT_PERIOD:?}), errors {}\n\
          \x20 picks/s: baseline {:.0}, loaded {:.0} (each closed with /v1/done), errors {} / {}\n\
          \x20 decision time p50 / p99 (picker histogram, bucket upper bounds): baseline {} / {}, loaded {} / {}\n\
          \x20 pick round trip p50 / p99 (client): baseline {:?} / {:?}, loaded {:?} / {:?}\n\
          \x20 picker RSS: start {:.1} MiB, after {warm_up:?} warm-up {:.1} MiB, end {:.1} MiB (growth after warm-up {:+.1} MiB)",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
+        PICKER.path().unwrap().display(),
         report_errors.len(),
         unloaded_run.rate(),
         loaded_run.rate(),
