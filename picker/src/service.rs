@@ -379,7 +379,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let mut http = tokio::spawn(crate::server::accept_http(
+    let http = tokio::spawn(crate::server::accept_http(
         listener,
         crate::http::router(state.clone()),
         http_tls.map(tokio_rustls::TlsAcceptor::from),
@@ -408,13 +408,27 @@ pub async fn serve(
         }
     }
 
+    shut_down(&state, &health, stop, http, grpc).await
+}
+
+type Serving<T> = tokio::task::JoinHandle<T>;
+
+/// The shutdown sequence: readiness down at once, serve on for the shutdown delay, stop
+/// accepting, then wait up to the drain timeout for what is in flight.
+async fn shut_down(
+    state: &AppState,
+    health: &tonic_health::server::HealthReporter,
+    stop: tokio::sync::watch::Sender<bool>,
+    http: Serving<tokio::task::JoinSet<()>>,
+    mut grpc: Option<Serving<Result<(), tonic::transport::Error>>>,
+) -> Result<(), RunError> {
     // As configured now: a reload may have changed them since the start.
     let (delay, drain) = {
         let now = state.settings();
         (now.shutdown_delay, now.drain_timeout)
     };
     state.inner.draining.store(true, Ordering::Release);
-    crate::extproc::set_not_serving(&health).await;
+    crate::extproc::set_not_serving(health).await;
     tracing::info!(
         shutdown_delay = %humantime::format_duration(delay),
         "shutting down: /readyz now answers 503 and gRPC health NOT_SERVING; still serving for the shutdown delay"
@@ -425,7 +439,7 @@ pub async fn serve(
         drain_timeout = %humantime::format_duration(drain),
         "stopped accepting connections; waiting for requests and streams in flight"
     );
-    let mut connections = match (&mut http).await {
+    let mut connections = match http.await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("the HTTP accept loop failed: {e}");
