@@ -148,3 +148,47 @@ async fn shutdown_turns_grpc_health_not_serving_then_drains_an_open_ext_proc_str
         "serve did not return once the stream was done"
     );
 }
+
+#[tokio::test]
+async fn a_request_still_in_flight_at_the_drain_timeout_is_cut_and_serve_returns() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut picker = start(Settings {
+        grpc_listen: None,
+        request_timeout: Duration::from_secs(30),
+        shutdown_delay: Duration::ZERO,
+        drain_timeout: Duration::from_millis(300),
+        ..Settings::default()
+    })
+    .await;
+    // A body that never finishes: only the drain timeout ends it.
+    let mut stuck = TcpStream::connect(picker.addr).await.unwrap();
+    stuck
+        .write_all(b"POST /v1/pick HTTP/1.1\r\nhost: picker\r\ncontent-length: 100\r\n\r\n{\"mo")
+        .await
+        .unwrap();
+    // Connections are accepted in arrival order: once a later one is answered, this one is
+    // being served.
+    assert_eq!(
+        call(picker.addr, "GET", "/healthz", &[], b"").await.status,
+        200
+    );
+    let started = std::time::Instant::now();
+    picker.shutdown();
+    assert!(
+        eventually(Duration::from_secs(5), || async { picker.is_finished() }).await,
+        "serve did not return at the drain timeout"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "returned after {took:?}"
+    );
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), stuck.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the stuck connection was not closed: {read:?} {}",
+        String::from_utf8_lossy(&rest)
+    );
+}
