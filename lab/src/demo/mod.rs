@@ -154,6 +154,8 @@ impl Fleet {
         let settings = inferpick_picker::Settings {
             grpc_listen: Some(picker_grpc),
             listen: picker,
+            // Nothing balances across this picker: when the demo stops, stop at once.
+            shutdown_delay: Duration::ZERO,
             ..inferpick_picker::Settings::default()
         };
         let shutdown = stopped(&rx);
