@@ -1,6 +1,6 @@
-//! TLS for pushes to `https://` pickers. With `--ca-file`, a rustls configuration (ring provider)
-//! that trusts only that bundle's CAs; without it, reqwest's own rustls setup, which verifies
-//! against the system's roots (rustls-platform-verifier).
+//! TLS for pushes to `https://` pickers. With `--ca-file`, a rustls configuration (the aws-lc-rs
+//! provider, as reqwest's own) that trusts only that bundle's CAs; without it, reqwest's own rustls
+//! setup, which verifies against the system's roots (rustls-platform-verifier).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use rustls_pki_types::pem::PemObject;
 
 /// The crypto provider every TLS connection of the agent uses.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Reads a PEM bundle of CA certificates; the error names the file and what is wrong with it.
@@ -39,7 +39,7 @@ pub fn load_ca_file(path: &Path) -> Result<RootCertStore, String> {
 pub fn client_config(roots: Arc<RootCertStore>) -> rustls::ClientConfig {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
+        .expect("aws-lc-rs supports the default TLS versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -62,7 +62,7 @@ struct TlsPicker {
 impl TlsPicker {
     async fn start(pki: &Pki) -> Self {
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -1,4 +1,5 @@
-//! TLS for both listeners: the certificate chain and key from PEM files, served with rustls (ring).
+//! TLS for both listeners: the certificate chain and key from PEM files, served with rustls and the
+//! aws-lc-rs provider (the one reqwest brings, so the workspace builds a single crypto library).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +27,7 @@ impl TlsFiles {
                 self.key_file.display()
             )
         })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS set-up: {e}"))?
