@@ -1,7 +1,7 @@
 //! Faults injected into a fleet of real processes on loopback (emulated engines, agents, pickers),
 //! each test named by the fault. Every wait is a readiness poll with a deadline; the time bounds
-//! asserted are the ones the design promises (a report interval, `max_report_age`,
-//! `forget_after`), with slack for a busy two-core machine.
+//! asserted follow from the design (a report interval, `max_report_age`, `forget_after`, and for a
+//! restarted picker the agents' retry backoff), with slack for a busy two-core machine.
 //!
 //! The tests run one at a time (they measure intervals of 100 ms, which a dozen processes
 //! starting in parallel would blur).
@@ -40,7 +40,8 @@ fn request() -> PickRequest {
     }
 }
 
-/// Picks `n` times on picker `i`; every pick must be routed. Returns the chosen endpoints.
+/// Picks `n` times on picker `i`; every pick must be routed. Returns every endpoint named in the
+/// decisions, primaries and fallbacks.
 async fn routed_picks(procs: &Procs, i: usize, n: usize) -> Vec<String> {
     let mut chosen = Vec::new();
     for _ in 0..n {
