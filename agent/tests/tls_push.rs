@@ -125,6 +125,13 @@ fn write_ca(name: &str, pem: &str) -> PathBuf {
     path
 }
 
+/// An agent scraping `engine` every 50 ms and pushing to `pickers`, trusting only `ca`.
+async fn pushing_with_ca(engine: &FakeEngine, pickers: &str, ca: &std::path::Path) -> Agent {
+    let ca = ca.to_str().unwrap();
+    let args = ["--interval", "50ms", "--picker", pickers, "--ca-file", ca];
+    Agent::start(&engine.url(), &args).await
+}
+
 async fn pushes_total(agent: &Agent, target: &str, result: &str) -> f64 {
     let text = reqwest::get(format!("http://{}/metrics", agent.addr))
         .await
@@ -146,18 +153,7 @@ async fn https_push_with_the_ca_file_arrives_beside_an_http_target() {
     let plain = FakePicker::start().await;
     let ca = write_ca("good-ca.pem", &pki.ca_pem);
     let pickers = format!("https://127.0.0.1:{},{}", secure.addr.port(), plain.url());
-    let agent = Agent::start(
-        &engine.url(),
-        &[
-            "--interval",
-            "50ms",
-            "--picker",
-            &pickers,
-            "--ca-file",
-            ca.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let agent = pushing_with_ca(&engine, &pickers, &ca).await;
     wait_until(Duration::from_secs(10), "5 reports at each picker", || {
         secure.count() >= 5 && plain.count() >= 5
     })
@@ -176,18 +172,7 @@ async fn dns_https_checks_the_certificate_against_the_name() {
     let secure = TlsPicker::start(&pki).await;
     let ca = write_ca("dns-ca.pem", &pki.ca_pem);
     let picker = format!("dns+https://localhost:{}", secure.addr.port());
-    let agent = Agent::start(
-        &engine.url(),
-        &[
-            "--interval",
-            "50ms",
-            "--picker",
-            &picker,
-            "--ca-file",
-            ca.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let agent = pushing_with_ca(&engine, &picker, &ca).await;
     wait_until(Duration::from_secs(10), "5 reports over dns+https", || {
         secure.count() >= 5
     })
@@ -204,18 +189,7 @@ async fn a_certificate_from_another_ca_is_refused_and_the_http_target_is_unaffec
     let plain = FakePicker::start().await;
     let ca = write_ca("trusted-ca.pem", &trusted.ca_pem);
     let pickers = format!("https://127.0.0.1:{},{}", impostor.addr.port(), plain.url());
-    let agent = Agent::start(
-        &engine.url(),
-        &[
-            "--interval",
-            "50ms",
-            "--picker",
-            &pickers,
-            "--ca-file",
-            ca.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let agent = pushing_with_ca(&engine, &pickers, &ca).await;
     wait_until(Duration::from_secs(10), "refused handshakes", || {
         impostor.failed_handshakes.load(Ordering::Relaxed) >= 2
     })
