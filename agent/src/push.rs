@@ -3,8 +3,10 @@
 //! Each target (a URL, or one address of a `dns+http(s)://` name) has its own task that waits for the
 //! next report on a `watch` channel and POSTs the latest one. A slow or dead picker therefore only
 //! delays its own pushes: scrapes and the other targets never wait for it, and it is sent the
-//! newest report when it comes back rather than a backlog. Failures back off, bounded by
-//! [`MAX_BACKOFF`] so that a restarted picker has every endpoint again within about a second.
+//! newest report when it comes back rather than a backlog. After a first failure the next report is
+//! tried, so a picker that restarts at once has every endpoint again within two intervals; repeated
+//! failures back off (2, 4, … intervals), bounded by [`MAX_BACKOFF`] so that one down for longer
+//! has every endpoint again within about a second of coming back.
 //! When the agent stops, a last report (marked [`Outgoing::last`]) pre-empts whatever a target's
 //! task is doing, so the pickers hear of the shutdown at once.
 
@@ -400,10 +402,13 @@ async fn push_loop(
             }
             Err(e) => {
                 failures += 1;
+                // The next report after a first failure is tried (a restarted picker is whole
+                // again within two intervals), then every 2, 4, … intervals up to MAX_BACKOFF.
                 let backoff = interval
-                    .saturating_mul(1 << failures.min(6))
+                    .saturating_mul(1 << (failures - 1).min(6))
                     .min(MAX_BACKOFF);
-                retry_at = Instant::now() + backoff;
+                // Half an interval early, so the report that arrives at the deadline is sent.
+                retry_at = Instant::now() + backoff.saturating_sub(interval / 2);
                 // The first failure and then one in fifty, so a long outage does not flood the log.
                 if failures == 1 || failures.is_multiple_of(50) {
                     tracing::warn!(target = %target.label, failures, ?backoff, "push failed: {e}");
