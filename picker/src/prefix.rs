@@ -147,7 +147,10 @@ impl PrefixIndex {
                 lru.live -= 1;
             }
         }
-        if lru.order.len() > 2 * self.capacity + 64 {
+        // Stale entries (re-touched or displaced blocks) are dropped once they outnumber the live
+        // ones: memory follows what the endpoint holds, and each compaction is paid for by the
+        // touches that made it necessary.
+        if lru.order.len() > 2 * lru.live + 64 {
             let holders = &self.holders;
             lru.order.retain(|&(hash, stamp)| {
                 holders
@@ -248,6 +251,19 @@ mod tests {
         assert!(idx.matches(&old).is_empty(), "oldest blocks were evicted");
         assert!(idx.distinct_blocks() <= 4);
         assert!(idx.lrus[&7].order.len() <= 2 * 4 + 64);
+    }
+
+    #[test]
+    fn retouching_the_same_blocks_keeps_the_recency_list_small() {
+        // A large capacity that is never reached: re-touched blocks leave stale entries behind,
+        // and those are dropped once they outnumber the live ones, not when the capacity is.
+        let mut idx = PrefixIndex::new(8192);
+        let same = block_hashes(&prompt(4, 's'), 100);
+        for _ in 0..10_000 {
+            idx.insert(7, &same);
+        }
+        assert_eq!(idx.blocks_of(7), same.len());
+        assert!(idx.lrus[&7].order.len() <= 2 * same.len() + 64 + same.len());
     }
 
     #[test]
