@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -231,16 +231,6 @@ async fn without_a_ca_file_a_private_ca_is_not_trusted() {
     agent.stop().await;
 }
 
-/// The agent binary; killed on drop.
-struct Binary(Child);
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_refused_certificate_is_logged_as_such() {
     let engine = FakeEngine::start(Behavior::Serve(VLLM.into())).await;
@@ -248,30 +238,17 @@ async fn a_refused_certificate_is_logged_as_such() {
     let other = pki("some other CA", &["127.0.0.1"]);
     let impostor = TlsPicker::start(&other).await;
     let ca = write_ca("logged-ca.pem", &trusted.ca_pem);
-    let mut child = Binary(
-        Command::new(env!("CARGO_BIN_EXE_inferpick-agent"))
-            .args([
-                "--engine-url",
-                &engine.url(),
-                "--endpoint",
-                "10.0.0.1:8000",
-                "--gpu",
-                "none",
-                "--listen",
-                "127.0.0.1:0",
-                "--interval",
-                "50ms",
-                "--picker",
-                &format!("https://127.0.0.1:{}", impostor.addr.port()),
-                "--ca-file",
-                ca.to_str().unwrap(),
-            ])
-            .env("INFERPICK_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let impostor_url = format!("https://127.0.0.1:{}", impostor.addr.port());
+    let ca = ca.to_str().unwrap();
+    let extra = [
+        "--interval",
+        "50ms",
+        "--picker",
+        &impostor_url,
+        "--ca-file",
+        ca,
+    ];
+    let mut child = AgentProcess::spawn(&engine.url(), &extra, Stdio::piped());
     wait_until(Duration::from_secs(20), "5 refused handshakes", || {
         impostor.failed_handshakes.load(Ordering::Relaxed) >= 5
     })

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -311,4 +312,39 @@ pub fn fixture(name: &str) -> String {
         .join("../tests/fixtures/metrics")
         .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The agent binary, scraping `engine_url` for endpoint 10.0.0.1:8000 with no GPUs and its own
+/// port OS-chosen, plus `extra` flags; stdout discarded, stderr as given. Killed on drop.
+pub struct AgentProcess(pub Child);
+
+impl AgentProcess {
+    pub fn spawn(engine_url: &str, extra: &[&str], stderr: Stdio) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_inferpick-agent"));
+        cmd.args(["--engine-url", engine_url, "--endpoint", "10.0.0.1:8000"])
+            .args(["--gpu", "none", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        AgentProcess(cmd.spawn().expect("the agent binary starts"))
+    }
+
+    /// Polls for the exit status for up to `within`.
+    pub async fn exited_within(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running after {within:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
