@@ -2,9 +2,9 @@
 //! the picker (nginx `auth_request`, Envoy ext_proc), or their own round robin for the baseline.
 
 use std::net::SocketAddr;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,8 @@ pub struct ExternalGateway {
     /// Where clients send requests.
     pub addr: SocketAddr,
     pid: u32,
-    exited: Arc<(Mutex<Option<ExitStatus>>, Condvar)>,
+    /// How the process ended (its exit status, in words), once it has.
+    exited: Arc<(Mutex<Option<String>>, Condvar)>,
     reaper: Option<std::thread::JoinHandle<()>>,
     dir: PathBuf,
 }
@@ -60,7 +61,10 @@ impl ExternalGateway {
                 let status = child.wait();
                 let (lock, cvar) = &*slot;
                 let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
-                *s = Some(status.unwrap_or_else(|_| ExitStatus::from_raw(0)));
+                *s = Some(match status {
+                    Ok(status) => status.to_string(),
+                    Err(e) => format!("status unknown: waiting for it failed: {e}"),
+                });
                 cvar.notify_all();
             })?;
         let pid = started_rx
@@ -76,9 +80,13 @@ impl ExternalGateway {
         })
     }
 
-    /// The exit status, if the process has ended.
-    fn exit_status(&self) -> Option<ExitStatus> {
-        *self.exited.0.lock().unwrap_or_else(|e| e.into_inner())
+    /// How the process ended, if it has.
+    fn exit_status(&self) -> Option<String> {
+        self.exited
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits up to `within` for the process to end; true if it has.
