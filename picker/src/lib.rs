@@ -19,18 +19,24 @@
 //!
 //! The library and the service share one rule: the scheduler reads no clock and does no I/O, so the
 //! lab's simulator drives exactly the code the service runs.
+pub mod clock;
 pub mod config;
+pub mod error;
 pub mod extproc;
+pub mod front;
 pub mod http;
 pub mod metrics;
 pub mod prefix;
 pub mod scheduler;
 pub mod server;
 pub mod service;
+pub mod state;
 pub mod table;
 pub mod tls;
 pub mod trust;
 
+pub use clock::Clock;
 pub use config::{Args, Settings};
 pub use http::router;
-pub use service::{AppState, Clock, RunError, run, serve};
+pub use service::{RunError, run, serve};
+pub use state::AppState;

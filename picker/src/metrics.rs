@@ -5,7 +5,10 @@
 //! by a collector, so forgotten endpoints disappear from the exposition and nothing per endpoint is
 //! kept twice.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
@@ -17,8 +20,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::scheduler::{Policy, Scheduler};
-use crate::service::Clock;
+use crate::clock::Clock;
+use crate::scheduler::{PickError, Policy, Scheduler};
 use crate::table::{EndpointState, Table};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,7 +51,13 @@ pub struct Metrics {
     info: Family<InfoLabels, Gauge>,
     done: Family<DoneLabels, Counter>,
     first_byte: Histogram,
+    /// Per refusal reason: when it was last logged, and how many since were counted only.
+    refusals_logged: Mutex<HashMap<&'static str, (Instant, u64)>>,
 }
+
+/// A refusal reason is logged at most once per this period, so a flood of bad pushes cannot
+/// flood the log; the next line says how many went unlogged.
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DoneLabels {
@@ -73,6 +82,7 @@ impl Metrics {
             done: Family::default(),
             // 5 ms … about 80 s.
             first_byte: Histogram::new(exponential_buckets(0.005, 2.0, 15)),
+            refusals_logged: Mutex::default(),
         };
         registry.register(
             "inferpick_picker_done",
@@ -144,6 +154,40 @@ impl Metrics {
             .inc_by(n);
     }
 
+    /// A refused push: counted under `result` and logged with the sender and the reason (at most
+    /// once a second per result; the next line carries how many were not logged).
+    pub fn report_refused(
+        &self,
+        result: &'static str,
+        peer: Option<SocketAddr>,
+        error: &dyn std::fmt::Display,
+    ) {
+        self.reports(result, 1);
+        let unlogged = {
+            let mut logged = self
+                .refusals_logged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            match logged.get_mut(result) {
+                Some((at, skipped)) if now.duration_since(*at) < REFUSAL_LOG_PERIOD => {
+                    *skipped += 1;
+                    return;
+                }
+                Some((at, skipped)) => {
+                    *at = now;
+                    std::mem::take(skipped)
+                }
+                None => {
+                    logged.insert(result, (now, 0));
+                    0
+                }
+            }
+        };
+        let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        tracing::warn!(result, %peer, unlogged, "report refused: {error}");
+    }
+
     /// Sets the info series for `policy` (and removes the previous one).
     pub fn set_policy(&self, policy: Policy) {
         self.info.clear();
@@ -167,7 +211,6 @@ impl Collector for TableCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = self.clock.now();
         let snap = self.table.snapshot();
-        let sat = self.scheduler.load().config().saturation.clone();
 
         let mut states = [0i64; 3];
         for e in snap.iter() {
@@ -220,35 +263,27 @@ impl Collector for TableCollector {
                 .encode(fam.encode_family(&[("endpoint", &*e.address)])?)?;
         }
 
-        // Per model: the fraction of its ready endpoints that are saturated.
-        let mut pools: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
-        for e in snap.iter() {
-            if e.state(now, snap.max_report_age) != EndpointState::Ready {
-                continue;
-            }
-            let load = &e.report.load;
-            let inflight = e.inflight();
-            let saturated = u64::from(load.requests_waiting.unwrap_or(0)) + inflight.requests
-                >= u64::from(sat.queue_depth_threshold)
-                || load
-                    .kv_cache_utilization
-                    .is_some_and(|k| k >= sat.kv_cache_threshold);
-            for m in &e.report.models {
-                let p = pools.entry(m.name.as_str()).or_default();
-                p.0 += 1;
-                p.1 += u64::from(saturated);
-            }
-        }
+        // Per model: the fraction of its ready endpoints that are saturated, by the rule that sheds.
+        let pools = self.scheduler.load().saturation_by_model(&snap, now);
         let mut fam = encoder.encode_descriptor(
             "inferpick_picker_pool_saturation",
             "Fraction (0..1) of each model's ready endpoints that are saturated.",
             None,
             MetricType::Gauge,
         )?;
-        for (model, (ready, saturated)) in pools {
-            ConstGauge::new(saturated as f64 / ready as f64)
-                .encode(fam.encode_family(&[("model", model)])?)?;
+        for (model, fraction) in pools {
+            ConstGauge::new(fraction).encode(fam.encode_family(&[("model", model)])?)?;
         }
         Ok(())
+    }
+}
+
+/// The `outcome` label of `inferpick_picker_decisions_total` for a scheduler refusal.
+pub fn outcome(e: &PickError) -> &'static str {
+    match e {
+        PickError::UnknownModel { .. } => "unknown_model",
+        PickError::Shed { .. } => "shed",
+        PickError::NoReadyEndpoint { .. } => "no_endpoint",
+        PickError::InvalidRequest { .. } => "invalid",
     }
 }

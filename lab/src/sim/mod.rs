@@ -306,7 +306,7 @@ impl<'a> Run<'a> {
                 scheduler: Box::new(Scheduler::new(
                     p,
                     SchedulerConfig {
-                        seed: config.seed,
+                        seed: Some(config.seed),
                         ..SchedulerConfig::default()
                     },
                 )),

@@ -22,7 +22,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::service::AppState;
+use crate::error::ApiError;
+use crate::front;
+use crate::state::{AppState, Scope};
 use session::{Decide, Decided, Refusal, Session};
 
 /// The picker as a [`Decide`]: the same decisions as `/v1/authz`.
@@ -38,18 +40,17 @@ impl Decide for PickerDecide {
         body: &[u8],
         subset: Option<Vec<String>>,
     ) -> Result<Decided, Refusal> {
-        let refusal = |e: crate::http::ApiError| Refusal {
+        let refusal = |e: ApiError| Refusal {
             status: e.status().as_u16(),
             retry_after: e.retry_after().map(|d| d.as_secs().max(1)),
             body: session::error_json(e.code(), &e.to_string()),
         };
-        crate::http::authorize(&self.state, headers, crate::service::Scope::Pick)
-            .map_err(refusal)?;
-        let mut request = crate::http::pick::authz_request(headers, body).map_err(refusal)?;
+        front::authorize(&self.state, headers, Scope::Pick).map_err(refusal)?;
+        let mut request = front::authz_request(headers, body).map_err(refusal)?;
         if subset.is_some() {
             request.candidates = subset;
         }
-        let pick = crate::http::pick::decide(&self.state, &request, false).map_err(refusal)?;
+        let pick = front::decide(&self.state, &request, false).map_err(refusal)?;
         let extra = self.state.settings().extproc_fallbacks as usize;
         let mut destination = pick.endpoint.to_string();
         for f in pick.fallbacks.iter().take(extra) {
@@ -67,14 +68,7 @@ impl Decide for PickerDecide {
     }
 
     fn done(&self, decision: uuid::Uuid) {
-        let outcome = self
-            .state
-            .table()
-            .done(decision.as_u128(), self.state.now());
-        self.state.metrics().done(
-            "extproc",
-            matches!(outcome, crate::table::DoneOutcome::Closed),
-        );
+        front::done(&self.state, decision, "extproc");
     }
 }
 

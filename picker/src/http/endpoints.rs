@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 
-use crate::service::AppState;
+use crate::state::AppState;
 
 pub(super) async fn endpoints(State(state): State<AppState>) -> Json<Value> {
     let now = state.now();

@@ -3,18 +3,18 @@
 mod endpoints;
 mod error;
 mod ops;
-pub(crate) mod pick;
+mod pick;
 mod reports;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::routing::{any, get, post};
 use http::HeaderMap;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 
-pub use error::ApiError;
+pub use crate::error::ApiError;
 
-use crate::service::{AppState, Scope};
+use crate::state::AppState;
 
 /// Largest `POST /v1/reports` body (contract: 1 MiB).
 pub const MAX_REPORTS_BODY: usize = 1 << 20;
@@ -88,42 +88,6 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     } else {
         Err(ApiError::UnsupportedMediaType(text.to_string()))
     }
-}
-
-/// Checks `Authorization: Bearer <token>` when `scope` has a token configured.
-pub(crate) fn authorize(
-    state: &AppState,
-    headers: &HeaderMap,
-    scope: Scope,
-) -> Result<(), ApiError> {
-    let Some(expected) = state.token(scope) else {
-        return Ok(());
-    };
-    let Some(value) = headers.get(AUTHORIZATION) else {
-        return Err(ApiError::Unauthorized(
-            "missing Authorization: Bearer <token> header".into(),
-        ));
-    };
-    let given = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match given {
-        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::Unauthorized("wrong bearer token".into())),
-        None => Err(ApiError::Unauthorized(
-            "Authorization header is not `Bearer <token>`".into(),
-        )),
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode, Uri};
 
 use super::ApiError;
-use crate::service::AppState;
+use crate::state::AppState;
 
 /// The content type Prometheus expects for the OpenMetrics text format.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

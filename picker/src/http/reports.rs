@@ -8,8 +8,9 @@ use axum::extract::{ConnectInfo, State};
 use http::{HeaderMap, StatusCode};
 use inferpick_schema::decode_reports;
 
-use super::{ApiError, MAX_REPORTS_BODY, authorize, read_body, require_json};
-use crate::service::{AppState, Scope};
+use super::{ApiError, MAX_REPORTS_BODY, read_body, require_json};
+use crate::front::authorize;
+use crate::state::{AppState, Scope};
 use crate::table::{IngestError, IngestOutcome};
 use crate::trust::check_origin;
 
@@ -20,9 +21,10 @@ pub(super) async fn reports(
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let metrics = state.metrics();
+    let sender = peer.as_ref().map(|Extension(ConnectInfo(p))| *p);
     let refused = |result: &'static str| {
         move |e: ApiError| {
-            metrics.reports(result, 1);
+            metrics.report_refused(result, sender, &e);
             e
         }
     };

@@ -12,7 +12,7 @@ use tower::ServiceExt;
 
 use super::router;
 use crate::config::Settings;
-use crate::service::AppState;
+use crate::state::AppState;
 use crate::table::tests::{MODEL, report};
 
 struct Reply {
@@ -756,4 +756,105 @@ async fn reload_applies_a_good_file_and_keeps_the_old_config_on_a_bad_one() {
     push(&app, &[pod("10.0.0.1:8000", 0, 0.1)]).await;
     let d: Decision = call(&app, json_req("/v1/pick", &json!({}))).await.json();
     assert_eq!(d.policy, "round-robin");
+}
+
+/// The pool saturation the metrics show for [`MODEL`].
+fn pool_saturation(state: &AppState) -> f64 {
+    let text = state.render_metrics();
+    let prefix = format!("inferpick_picker_pool_saturation{{model=\"{MODEL}\"}} ");
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no pool saturation in\n{text}"));
+    line.parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_saturation_gauge_shows_what_sheds() {
+    let sheddable = json!({"model": MODEL, "priority": -1});
+    // gie does not count its own decisions: five routed requests saturate nothing, for shedding
+    // and for the gauge alike.
+    let (state, gie) = app_with(Settings {
+        policy: crate::scheduler::Policy::Gie,
+        ..Settings::default()
+    });
+    push(&gie, &[pod("10.0.0.1:8000", 0, 0.1)]).await;
+    for _ in 0..5 {
+        call(&gie, json_req("/v1/pick", &json!({"model": MODEL}))).await;
+    }
+    assert_eq!(
+        call(&gie, json_req("/v1/pick", &sheddable)).await.status,
+        200
+    );
+    assert_eq!(pool_saturation(&state), 0.0);
+
+    // inferpick counts the prompt tokens it routed into the KV estimate: two 1,000-token prompts
+    // on a 10,000-token cache at 70% make it 90%, past the 80% threshold.
+    let (state, app) = app();
+    let mut r = pod("10.0.0.1:8000", 0, 0.7);
+    r.load.kv_cache_capacity_tokens = Some(10_000);
+    push(&app, &[r]).await;
+    assert_eq!(pool_saturation(&state), 0.0);
+    for _ in 0..2 {
+        let ask = json!({"model": MODEL, "prompt_tokens": 1000});
+        assert_eq!(call(&app, json_req("/v1/pick", &ask)).await.status, 200);
+    }
+    call(&app, json_req("/v1/pick", &sheddable))
+        .await
+        .error(429, "shed");
+    assert_eq!(pool_saturation(&state), 1.0);
+}
+
+/// Log lines written while `f` runs on this thread.
+async fn logged<F: std::future::Future<Output = ()>>(f: F) -> String {
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    f.await;
+    String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+}
+
+#[tokio::test]
+async fn refused_reports_are_logged_with_the_reason_and_counted() {
+    let (state, app) = app();
+    let mut bad = to_json(&pod("10.0.0.1:8000", 0, 0.1));
+    bad["load"]["kv_cache_utilization"] = json!(1.7);
+    let log = logged(async {
+        for _ in 0..3 {
+            call(&app, json_req("/v1/reports", &bad))
+                .await
+                .error(400, "invalid_request");
+        }
+    })
+    .await;
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("report refused"))
+        .collect();
+    assert_eq!(lines.len(), 1, "a burst logs once:\n{log}");
+    assert!(
+        lines[0].contains("kv_cache_utilization") && lines[0].contains("127.0.0.1:40000"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        state
+            .render_metrics()
+            .contains("inferpick_picker_reports_total{result=\"invalid\"} 3")
+    );
 }

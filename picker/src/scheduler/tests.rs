@@ -9,6 +9,25 @@ use super::*;
 use crate::table::tests::{MODEL, report};
 use crate::table::{DoneOutcome, Table, TableConfig};
 
+/// The contract's code, HTTP status and metric outcome of a refusal, as the service maps them.
+trait Contract {
+    fn code(&self) -> &'static str;
+    fn http_status(&self) -> u16;
+    fn outcome(&self) -> &'static str;
+}
+
+impl Contract for PickError {
+    fn code(&self) -> &'static str {
+        crate::error::ApiError::Pick(self.clone()).code()
+    }
+    fn http_status(&self) -> u16 {
+        crate::error::ApiError::Pick(self.clone()).status().as_u16()
+    }
+    fn outcome(&self) -> &'static str {
+        crate::metrics::outcome(self)
+    }
+}
+
 const NOW: Duration = Duration::from_secs(100);
 const ADAPTER: &str = "sql-lora";
 
@@ -47,8 +66,15 @@ fn table(reports: Vec<LoadReport>) -> Table {
     t
 }
 
+/// A scheduler with a fixed seed, so each test replays the same draws.
 fn sched(policy: Policy) -> Scheduler {
-    Scheduler::new(policy, SchedulerConfig::default())
+    Scheduler::new(
+        policy,
+        SchedulerConfig {
+            seed: Some(7),
+            ..SchedulerConfig::default()
+        },
+    )
 }
 
 fn req() -> PickRequest {
@@ -412,33 +438,60 @@ fn round_robin_takes_each_in_turn() {
     assert_eq!(first.len(), 3);
 }
 
-#[test]
-fn same_seed_same_choices() {
-    for policy in Policy::ALL {
-        let run = || {
-            let t = table(
-                (1..=8)
-                    .map(|i| pod(&format!("10.0.0.{i}:8000"), 0, 0, 0.0))
-                    .collect(),
-            );
-            let s = sched(policy);
-            (0..40)
-                .map(|_| {
-                    let p = s.pick(&t, &req(), NOW).unwrap();
-                    format!("{} {}", p.endpoint, p.decision_id)
-                })
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(run(), run(), "{policy}");
-    }
-    let t = table(
+fn eight_idle_pods() -> Table {
+    table(
         (1..=8)
             .map(|i| pod(&format!("10.0.0.{i}:8000"), 0, 0, 0.0))
             .collect(),
-    );
+    )
+}
+
+/// 40 picks on eight idle pods: each chosen endpoint and decision id.
+fn forty_picks(s: &Scheduler) -> Vec<(String, uuid::Uuid)> {
+    let t = eight_idle_pods();
+    (0..40)
+        .map(|_| {
+            let p = s.pick(&t, &req(), NOW).unwrap();
+            (p.endpoint.to_string(), p.decision_id)
+        })
+        .collect()
+}
+
+#[test]
+fn same_seed_same_choices_but_never_the_same_decision_ids() {
+    for policy in Policy::ALL {
+        let (a, b) = (forty_picks(&sched(policy)), forty_picks(&sched(policy)));
+        let endpoints =
+            |r: &[(String, uuid::Uuid)]| r.iter().map(|p| p.0.clone()).collect::<Vec<_>>();
+        assert_eq!(endpoints(&a), endpoints(&b), "{policy}");
+        let ids: std::collections::HashSet<uuid::Uuid> = a.iter().chain(&b).map(|p| p.1).collect();
+        assert_eq!(
+            ids.len(),
+            80,
+            "{policy}: decision ids do not follow the seed"
+        );
+    }
+    let t = eight_idle_pods();
     let s = sched(Policy::Random);
     let seen: std::collections::HashSet<String> = (0..40).map(|_| pick(&s, &t, &req())).collect();
     assert!(seen.len() > 1, "the random stream advances with every pick");
+}
+
+#[test]
+fn replicas_built_from_one_config_draw_differently() {
+    // Two replicas with the production config (no seed): their random choices must not move
+    // in lockstep, or they herd onto the same endpoints.
+    let config = SchedulerConfig::default();
+    let a = forty_picks(&Scheduler::new(Policy::Random, config.clone()));
+    let b = forty_picks(&Scheduler::new(Policy::Random, config));
+    let same = a.iter().zip(&b).filter(|(x, y)| x.0 == y.0).count();
+    // Independent uniform draws over 8 endpoints agree 5 times in 40 on average; lockstep is 40.
+    assert!(
+        same < 20,
+        "{same} of 40 picks identical: replicas share a seed"
+    );
+    let ids: std::collections::HashSet<uuid::Uuid> = a.iter().chain(&b).map(|p| p.1).collect();
+    assert_eq!(ids.len(), 80, "decision ids repeat across replicas");
 }
 
 fn long_prompt(prefix: char, user: &str) -> String {
@@ -486,7 +539,10 @@ fn prefix_affinity_prefers_the_pod_that_has_the_prefix() {
             )
             .unwrap();
         assert_eq!(second.endpoint, first.endpoint, "{policy}");
-        let explain = second.explain.unwrap();
+        let explain = second
+            .explain
+            .map(|e| serde_json::to_value(e).unwrap())
+            .unwrap();
         let hit = explain["candidates"]
             .as_array()
             .unwrap()
@@ -638,7 +694,7 @@ fn explain_lists_every_endpoint_with_signals_and_score() {
     .unwrap();
     for policy in Policy::ALL {
         let p = sched(policy).pick_explained(&t, &req(), NOW).unwrap();
-        let e = p.explain.unwrap();
+        let e = p.explain.map(|e| serde_json::to_value(e).unwrap()).unwrap();
         assert_eq!(e["policy"], policy.as_str());
         let c = &e["candidates"][0];
         assert_eq!(c["endpoint"], "10.0.0.1:8000");
@@ -757,7 +813,10 @@ fn a_large_pool_prefers_its_least_loaded_pods_and_explains_them_all() {
     }
     let explained = s.pick_explained(&t, &req(), NOW).unwrap();
     assert_eq!(
-        explained.explain.unwrap()["candidates"]
+        explained
+            .explain
+            .map(|e| serde_json::to_value(e).unwrap())
+            .unwrap()["candidates"]
             .as_array()
             .unwrap()
             .len(),
@@ -855,4 +914,167 @@ fn prefill_routed_before_a_report_still_steers_the_next_pick() {
     t.ingest_batch(vec![shown, busier], later).unwrap();
     let second = s.pick(&t, &long, later).unwrap();
     assert_eq!(&*second.endpoint, other);
+}
+
+/// A pod serving each of `models` (base models), idle unless `waiting` says otherwise.
+fn pod_of(address: &str, models: &[&str], waiting: u32) -> LoadReport {
+    let mut r = pod(address, waiting, 0, 0.1);
+    r.models = models
+        .iter()
+        .map(|m| ModelEntry {
+            name: (*m).into(),
+            adapter_of: None,
+        })
+        .collect();
+    r
+}
+
+#[test]
+fn round_robin_keeps_one_turn_per_model() {
+    // Two models alternate over the same two pods: each model must still use both pods.
+    let t = table(vec![
+        pod_of("10.0.0.1:8000", &["a", "b"], 0),
+        pod_of("10.0.0.2:8000", &["a", "b"], 0),
+    ]);
+    let s = sched(Policy::RoundRobin);
+    let ask = |m: &str| PickRequest {
+        model: Some(m.into()),
+        ..PickRequest::default()
+    };
+    let mut by_model: HashMap<&str, Vec<String>> = HashMap::new();
+    for _ in 0..4 {
+        for m in ["a", "b"] {
+            by_model.entry(m).or_default().push(pick(&s, &t, &ask(m)));
+        }
+    }
+    for (m, picks) in by_model {
+        let distinct: std::collections::HashSet<&String> = picks.iter().collect();
+        assert_eq!(distinct.len(), 2, "model {m} went to {picks:?}");
+        assert!(picks.windows(2).all(|w| w[0] != w[1]), "{m}: {picks:?}");
+    }
+}
+
+#[test]
+fn a_shed_recheck_keeps_the_rewrite_it_drew() {
+    // "alias" is half m1 (every pod saturated) and half m2 (idle), over a pool large enough to be
+    // scored on a window. A sheddable request drawn as m1 must be shed as m1, not redrawn: half of
+    // them are shed, not a quarter.
+    let n = 2 * CostModel::default().scan_limit;
+    let mut reports: Vec<LoadReport> = (0..n)
+        .map(|i| pod_of(&format!("10.1.{}.{}:8000", i / 200, i % 200), &["m1"], 9))
+        .collect();
+    reports
+        .extend((0..n).map(|i| pod_of(&format!("10.2.{}.{}:8000", i / 200, i % 200), &["m2"], 0)));
+    let t = table(reports);
+    let mut config = SchedulerConfig {
+        seed: Some(3),
+        ..SchedulerConfig::default()
+    };
+    config.rewrites.insert(
+        "alias".into(),
+        ["m1", "m2"]
+            .map(|m| RewriteTarget {
+                model: m.into(),
+                weight: 50,
+            })
+            .to_vec(),
+    );
+    let s = Scheduler::new(Policy::Inferpick, config);
+    let r = PickRequest {
+        model: Some("alias".into()),
+        priority: Some(-1),
+        ..PickRequest::default()
+    };
+    let mut shed = 0;
+    for _ in 0..400 {
+        match s.pick(&t, &r, NOW) {
+            Ok(p) => assert_eq!(p.model, "m2", "m1 is saturated everywhere"),
+            Err(PickError::Shed { model, .. }) => {
+                assert_eq!(model, "m1");
+                shed += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        (150..=250).contains(&shed),
+        "{shed} of 400 shed: expected about half"
+    );
+}
+
+#[test]
+fn a_cost_that_is_not_a_number_still_picks() {
+    let mut config = SchedulerConfig {
+        seed: Some(1),
+        ..SchedulerConfig::default()
+    };
+    config.cost.kv_pressure_seconds = f64::NAN;
+    let s = Scheduler::new(Policy::Inferpick, config);
+    let t = table(vec![
+        pod("10.0.0.1:8000", 0, 0, 0.5),
+        pod("10.0.0.2:8000", 0, 0, 0.5),
+    ]);
+    let p = s.pick_explained(&t, &req(), NOW).unwrap();
+    assert_eq!(p.fallbacks.len(), 1);
+}
+
+#[test]
+fn one_models_traffic_does_not_push_out_anothers_prefix_holders() {
+    // 40 pods serve models a and b. An `a` prompt goes to pod 0; then the same prompt as `b` is
+    // sent to 35 other pods, more than a block remembers holders for. `a`'s holder must remain.
+    let addresses: Vec<String> = (0..40).map(|i| format!("10.3.0.{i}:8000")).collect();
+    let t = table(
+        addresses
+            .iter()
+            .map(|a| pod_of(a, &["a", "b"], 0))
+            .collect(),
+    );
+    let s = sched(Policy::Inferpick);
+    let prompt = long_prompt('p', "same question");
+    let ask = |model: &str, only: Option<&String>| PickRequest {
+        model: Some(model.into()),
+        prompt: Some(prompt.clone()),
+        candidates: only.map(|a| vec![a.clone()]),
+        ..PickRequest::default()
+    };
+    assert_eq!(pick(&s, &t, &ask("a", Some(&addresses[0]))), addresses[0]);
+    for a in &addresses[1..36] {
+        pick(&s, &t, &ask("b", Some(a)));
+    }
+    let explained = s.pick_explained(&t, &ask("a", None), NOW).unwrap();
+    let explain = serde_json::to_value(explained.explain.unwrap()).unwrap();
+    let holder = explain["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["endpoint"] == addresses[0].as_str())
+        .unwrap();
+    assert!(holder["cached_blocks"].as_u64().unwrap() > 0, "{holder}");
+    assert_eq!(explained.endpoint.as_ref(), addresses[0].as_str());
+}
+
+#[test]
+fn gie_scores_a_waiting_adapter_with_a_free_slot_as_a_free_slot() {
+    // GIE checks for room first: an adapter that waits on a server with a free slot scores 0.8.
+    let mut r = with_adapter(pod("10.0.0.1:8000", 1, 2, 0.2), false, false);
+    r.load.adapters = Some(Adapters {
+        running: vec!["other".into()],
+        waiting: vec![ADAPTER.into()],
+        max_loaded: Some(4),
+    });
+    let t = table(vec![r]);
+    let p = sched(Policy::Gie)
+        .pick_explained(
+            &t,
+            &PickRequest {
+                model: Some(ADAPTER.into()),
+                ..PickRequest::default()
+            },
+            NOW,
+        )
+        .unwrap();
+    let explain = serde_json::to_value(p.explain.unwrap()).unwrap();
+    let c = &explain["candidates"][0];
+    assert_eq!(c["adapter"], "waiting");
+    assert_eq!(c["parts"]["lora"], 0.8, "{c}");
 }

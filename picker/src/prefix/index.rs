@@ -1,48 +1,11 @@
-//! The approximate prefix index: which endpoint has probably cached which prompt blocks.
-//!
-//! The picker cannot see the engines' prefix caches, so it remembers its own decisions: a prompt is
-//! cut into fixed-size blocks, each block's hash is chained with the previous one (so a hash names the
-//! whole prefix up to it), and the blocks of every routed prompt are recorded for the endpoint that got
-//! it. Each endpoint keeps at most `capacity` blocks, least recently used first out, so memory is
-//! bounded by `capacity × endpoints`.
+//! One model's approximate prefix index: block hash → endpoints that probably hold it, with an
+//! LRU bound per endpoint, so memory is bounded by `capacity × endpoints`.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{DefaultHasher, Hash, Hasher};
 
-/// Bytes per prompt block (64 characters of ASCII text).
-pub const BLOCK_BYTES: usize = 64;
-
-/// Most endpoints remembered per block, most recent kept. A prefix every endpoint holds (a shared
-/// system prompt) says nothing about where to route, and an unbounded holder list would make every
-/// lookup and insert walk the whole pool.
-pub const HOLDERS_PER_BLOCK: usize = 32;
-
-/// Chained hashes of the first `max_blocks` full blocks of `prompt`; a trailing partial block is not
-/// hashed because engines do not cache partial blocks either.
-pub fn block_hashes(prompt: &str, max_blocks: usize) -> Vec<u64> {
-    let mut prev = 0u64;
-    prompt
-        .as_bytes()
-        .chunks_exact(BLOCK_BYTES)
-        .take(max_blocks)
-        .map(|block| {
-            // `DefaultHasher::new()` uses fixed keys, so hashes are stable across runs and replicas.
-            let mut h = DefaultHasher::new();
-            prev.hash(&mut h);
-            block.hash(&mut h);
-            prev = h.finish();
-            prev
-        })
-        .collect()
-}
-
-/// The index key of a session id; kept apart from block hashes by a domain prefix.
-pub fn session_hash(session: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    "inferpick-session".hash(&mut h);
-    session.hash(&mut h);
-    h.finish()
-}
+use super::HOLDERS_PER_BLOCK;
+#[cfg(test)]
+use super::{BLOCK_BYTES, block_hashes};
 
 /// One endpoint's recency list. Entries whose stamp no longer matches `holders` are stale and are
 /// skipped (lazy deletion keeps touches O(1)).
@@ -158,6 +121,16 @@ impl PrefixIndex {
                     .is_some_and(|hs| hs.iter().any(|&(e, s)| e == id && s == stamp))
             });
         }
+    }
+
+    /// Changes the bound; an endpoint over a lower one is trimmed at its next insert.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+    }
+
+    /// Whether the index holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.holders.is_empty()
     }
 
     /// Drops everything recorded for endpoint `id`.

@@ -1,0 +1,225 @@
+//! The picker's front, the same for every transport: authenticate a caller, turn a gateway's
+//! headers and body into a pick request, decide (counting the outcome), close a decision. HTTP and
+//! ext_proc both call it; neither calls the other.
+
+use std::time::Instant;
+
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+use inferpick_schema::PickRequest;
+
+use crate::error::ApiError;
+use crate::scheduler::{Pick, PickError};
+use crate::state::{AppState, Scope};
+use crate::table::DoneOutcome;
+
+/// Runs the scheduler and counts the outcome.
+pub fn decide(state: &AppState, request: &PickRequest, explain: bool) -> Result<Pick, ApiError> {
+    let scheduler = state.scheduler();
+    let started = Instant::now();
+    let now = state.now();
+    let result = if explain {
+        scheduler.pick_explained(state.table(), request, now)
+    } else {
+        scheduler.pick(state.table(), request, now)
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    // Only models the table knows become label values: unknown names are the client's to choose.
+    match &result {
+        Ok(p) => state
+            .metrics()
+            .decision(&p.model, "routed", scheduler.policy(), seconds),
+        Err(e) => {
+            // Shed and no-endpoint name a model some endpoint lists, except when the table is
+            // empty: then the name is the client's.
+            let model = match e {
+                PickError::Shed { model, .. } => model.as_str(),
+                PickError::NoReadyEndpoint { model, .. }
+                    if !state.table().snapshot().is_empty() =>
+                {
+                    model.as_str()
+                }
+                _ => "",
+            };
+            state.metrics().decision(
+                model,
+                crate::metrics::outcome(e),
+                scheduler.policy(),
+                seconds,
+            );
+        }
+    }
+    Ok(result?)
+}
+
+/// Counts a request refused before the scheduler saw it (bad body, size, type) as `invalid`.
+pub fn refuse_invalid(state: &AppState, e: ApiError) -> ApiError {
+    if matches!(
+        e,
+        ApiError::InvalidRequest(_)
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::UnsupportedMediaType(_)
+    ) {
+        state
+            .metrics()
+            .decision("", "invalid", state.scheduler().policy(), 0.0);
+    }
+    e
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()).filter(|s| !s.is_empty()))
+            .map_err(|_| ApiError::InvalidRequest(format!("{name}: not visible ASCII"))),
+    }
+}
+
+/// Builds a pick request from the gateway's headers (and `model` from a JSON body, if any).
+pub fn authz_request(headers: &HeaderMap, body: &[u8]) -> Result<PickRequest, ApiError> {
+    // An OpenAI body, when the gateway sends one (Envoy ext_authz with_request_body, ext_proc).
+    let json = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let model = match header(headers, "x-gateway-model-name")? {
+        Some(m) => Some(m.to_string()),
+        None => json
+            .as_ref()
+            .and_then(|v| v.get("model")?.as_str().map(str::to_string)),
+    };
+    let prompt = json.as_ref().and_then(openai_prompt);
+    let max_tokens = json.as_ref().and_then(|v| {
+        let n = v
+            .get("max_tokens")
+            .or_else(|| v.get("max_completion_tokens"))?;
+        u32::try_from(n.as_u64()?).ok()
+    });
+    let priority = header(headers, "x-inferpick-priority")?
+        .map(|p| {
+            p.parse::<i32>().map_err(|_| {
+                ApiError::InvalidRequest(format!("x-inferpick-priority: {p:?} is not an integer"))
+            })
+        })
+        .transpose()?;
+    let candidates = header(headers, "x-gateway-destination-endpoint-subset")?.map(|s| {
+        s.split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect()
+    });
+    Ok(PickRequest {
+        model,
+        priority,
+        objective: header(headers, "x-gateway-inference-objective")?.map(str::to_string),
+        session: header(headers, "x-session-id")?.map(str::to_string),
+        candidates,
+        prompt,
+        max_tokens,
+        ..PickRequest::default()
+    })
+}
+
+/// The prompt text of an OpenAI completions (`prompt`) or chat (`messages[].content`) body.
+fn openai_prompt(body: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    fn text(v: &Value, out: &mut String) {
+        match v {
+            Value::String(s) => out.push_str(s),
+            // Completions take a list of prompts; chat content may be a list of typed parts.
+            Value::Array(items) => items.iter().for_each(|i| match i {
+                Value::Object(part) => {
+                    if let Some(t) = part.get("text") {
+                        text(t, out);
+                    }
+                }
+                other => text(other, out),
+            }),
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    if let Some(p) = body.get("prompt") {
+        text(p, &mut out);
+    } else if let Some(Value::Array(messages)) = body.get("messages") {
+        for m in messages {
+            if let Some(c) = m.get("content") {
+                text(c, &mut out);
+                out.push('\n');
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Checks `Authorization: Bearer <token>` when `scope` has a token configured.
+pub fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
+    let Some(expected) = state.token(scope) else {
+        return Ok(());
+    };
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Err(ApiError::Unauthorized(
+            "missing Authorization: Bearer <token> header".into(),
+        ));
+    };
+    let given = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::Unauthorized("wrong bearer token".into())),
+        None => Err(ApiError::Unauthorized(
+            "Authorization header is not `Bearer <token>`".into(),
+        )),
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Closes decision `id` (a request finished), counting it under `source` (`http`, `extproc`).
+pub fn done(state: &AppState, id: uuid::Uuid, source: &'static str) -> DoneOutcome {
+    let outcome = state.table().done(id.as_u128(), state.now());
+    state
+        .metrics()
+        .done(source, matches!(outcome, DoneOutcome::Closed));
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn authz_reads_model_prompt_and_max_tokens_from_openai_bodies() {
+        let chat = br#"{"model":"m","max_completion_tokens":64,"messages":[
+            {"role":"system","content":"You are terse."},
+            {"role":"user","content":[{"type":"text","text":"Hi"}]}]}"#;
+        let r = authz_request(&HeaderMap::new(), chat).unwrap();
+        assert_eq!(r.model.as_deref(), Some("m"));
+        assert_eq!(r.prompt.as_deref(), Some("You are terse.\nHi\n"));
+        assert_eq!(r.max_tokens, Some(64));
+
+        let completion = br#"{"model":"m","prompt":["a","b"],"max_tokens":7}"#;
+        let r = authz_request(&HeaderMap::new(), completion).unwrap();
+        assert_eq!(r.prompt.as_deref(), Some("ab"));
+        assert_eq!(r.max_tokens, Some(7));
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-gateway-model-name",
+            HeaderValue::from_static("header-wins"),
+        );
+        let r = authz_request(&headers, b"not json").unwrap();
+        assert_eq!(r.model.as_deref(), Some("header-wins"));
+        assert_eq!(r.prompt, None);
+    }
+}

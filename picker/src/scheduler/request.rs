@@ -1,0 +1,198 @@
+//! The resolve stage: a [`PickRequest`] validated and turned into what the later stages read —
+//! the model after rewrites, the priority, the prompt's size and block hashes, the session key.
+//! Resolved once per pick: every later stage (and a shed re-check) sees the same answer.
+
+use std::borrow::Cow;
+
+use inferpick_schema::PickRequest;
+use rand::Rng;
+use rand::rngs::SmallRng;
+
+use super::profile::Reads;
+use super::{PickError, RewriteTarget, SchedulerConfig};
+use crate::prefix::{block_hashes, session_hash};
+use crate::table::{ModelKey, Snapshot};
+
+/// Most entries in `candidates` or `exclude`.
+const MAX_ADDRESS_LIST: usize = 4096;
+
+/// What one request asks, resolved.
+#[derive(Debug)]
+pub(crate) struct ResolvedRequest<'r> {
+    /// The model endpoints must serve (after rewrites).
+    pub(crate) model: &'r str,
+    pub(crate) model_key: ModelKey,
+    pub(crate) priority: i32,
+    /// The prompt's tokens, as sent or estimated.
+    pub(crate) prompt_tokens: u64,
+    /// Chained hashes of the prompt's leading blocks (empty when the profile does not read them).
+    pub(crate) blocks: Vec<u64>,
+    /// The session's key (when the profile reads it).
+    pub(crate) session: Option<u64>,
+    /// Endpoints to choose among, when the request names them.
+    pub(crate) candidates: Option<&'r [String]>,
+    /// Endpoints not to choose.
+    pub(crate) exclude: &'r [String],
+    /// How many endpoints to return: the chosen one and its fallbacks.
+    pub(crate) endpoints: usize,
+}
+
+impl ResolvedRequest<'_> {
+    /// The keys a decision records in the prefix index: the blocks, then the session.
+    pub(crate) fn affinity_keys(&self) -> Vec<u64> {
+        let mut keys = Vec::with_capacity(self.blocks.len() + 1);
+        keys.extend_from_slice(&self.blocks);
+        keys.extend(self.session);
+        keys
+    }
+}
+
+/// Validates `r` and resolves it. `model` is where the resolved name lives (borrowed by the result).
+pub(crate) fn resolve<'r>(
+    config: &SchedulerConfig,
+    reads: Reads,
+    r: &'r PickRequest,
+    model: &'r str,
+) -> Result<ResolvedRequest<'r>, PickError> {
+    let cost = &config.cost;
+    let prompt_tokens = r
+        .prompt_tokens
+        .map(u64::from)
+        .or_else(|| {
+            r.prompt
+                .as_ref()
+                .map(|p| (p.len() as f64 / cost.chars_per_token).ceil() as u64)
+        })
+        .unwrap_or(cost.default_prompt_tokens);
+    let blocks = match &r.prompt {
+        Some(p) if reads.prefix => block_hashes(p, config.prefix_max_blocks),
+        _ => Vec::new(),
+    };
+    let session = r
+        .session
+        .as_deref()
+        .filter(|_| reads.session)
+        .map(session_hash);
+    Ok(ResolvedRequest {
+        model,
+        model_key: ModelKey::of(model),
+        priority: priority(config, r)?,
+        prompt_tokens,
+        blocks,
+        session,
+        candidates: r.candidates.as_deref(),
+        exclude: r.exclude.as_deref().unwrap_or(&[]),
+        endpoints: r
+            .fallbacks
+            .unwrap_or(inferpick_schema::pick::DEFAULT_FALLBACKS) as usize
+            + 1,
+    })
+}
+
+/// Checks the request's bounds and names the model it is for, after rewrites (drawn once, here).
+pub(crate) fn model<'r>(
+    config: &SchedulerConfig,
+    snapshot: &Snapshot,
+    r: &'r PickRequest,
+    rng: &mut SmallRng,
+) -> Result<Cow<'r, str>, PickError> {
+    if let Some(n) = r.fallbacks
+        && n > config.max_fallbacks
+    {
+        return Err(PickError::invalid(
+            "fallbacks",
+            format!("{n}: at most {} allowed", config.max_fallbacks),
+        ));
+    }
+    for (field, list) in [("candidates", &r.candidates), ("exclude", &r.exclude)] {
+        if let Some(l) = list
+            && l.len() > MAX_ADDRESS_LIST
+        {
+            return Err(PickError::invalid(
+                field,
+                format!("{} entries: at most {MAX_ADDRESS_LIST} allowed", l.len()),
+            ));
+        }
+    }
+    let requested = match &r.model {
+        Some(m) if m.is_empty() => {
+            return Err(PickError::invalid("model", "empty: name a model"));
+        }
+        Some(m) => Cow::Borrowed(m.as_str()),
+        None => Cow::Owned(only_model(snapshot)?),
+    };
+    Ok(match config.rewrites.get(&*requested) {
+        Some(targets) => weighted(targets, rng).map_or(requested, |t| Cow::Owned(t.to_string())),
+        None => requested,
+    })
+}
+
+fn priority(config: &SchedulerConfig, r: &PickRequest) -> Result<i32, PickError> {
+    Ok(match (&r.objective, r.priority) {
+        (_, Some(p)) => p,
+        (Some(name), None) => *config.objectives.get(name).ok_or_else(|| {
+            let mut known: Vec<&str> = config.objectives.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            PickError::invalid(
+                "objective",
+                format!(
+                    "{name:?} is not a configured objective (configured: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+        })?,
+        (None, None) => 0,
+    })
+}
+
+/// The one base model of the table, when the request names none.
+fn only_model(snapshot: &Snapshot) -> Result<String, PickError> {
+    let mut found: Option<&str> = None;
+    let mut others: Vec<&str> = Vec::new();
+    for e in snapshot.iter() {
+        for m in e.report.models.iter().filter(|m| m.adapter_of.is_none()) {
+            match found {
+                None => found = Some(&m.name),
+                Some(f) if f == m.name => {}
+                Some(_) => {
+                    if others.len() < 4 && !others.contains(&m.name.as_str()) {
+                        others.push(&m.name);
+                    }
+                }
+            }
+        }
+    }
+    match (found, others.is_empty()) {
+        (Some(m), true) => Ok(m.to_string()),
+        (Some(m), false) => Err(PickError::invalid(
+            "model",
+            format!(
+                "required: the table holds several models ({m}, {}…)",
+                others.join(", ")
+            ),
+        )),
+        (None, _) => Err(PickError::NoReadyEndpoint {
+            model: String::new(),
+            reason: "the table holds no model yet (no agent has reported one)".into(),
+        }),
+    }
+}
+
+fn weighted<'t>(targets: &'t [RewriteTarget], rng: &mut SmallRng) -> Option<&'t str> {
+    let total: u64 = targets.iter().map(|t| u64::from(t.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut x = rng.random_range(0..total);
+    for t in targets {
+        if x < u64::from(t.weight) {
+            return Some(&t.model);
+        }
+        x -= u64::from(t.weight);
+    }
+    None
+}
