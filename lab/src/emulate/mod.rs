@@ -10,7 +10,6 @@ pub mod exposition;
 mod openai;
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -106,20 +105,10 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Chained hashes of a prompt's full 64-character blocks: the prefix-cache keys.
+/// Chained hashes of a prompt's full 64-character blocks: the prefix-cache keys. The picker's own
+/// function, so the blocks the emulator caches are the blocks the picker's prefix index names.
 pub fn prompt_blocks(prompt: &str) -> Vec<u64> {
-    let mut prev = 0u64;
-    prompt
-        .as_bytes()
-        .chunks_exact(64)
-        .map(|block| {
-            let mut h = DefaultHasher::new();
-            prev.hash(&mut h);
-            block.hash(&mut h);
-            prev = h.finish();
-            prev
-        })
-        .collect()
+    inferpick_picker::prefix::block_hashes(prompt, usize::MAX)
 }
 
 /// Tokens of a prompt: one per 4 bytes, at least one.
