@@ -119,6 +119,29 @@ async fn engine_errors_garbage_and_oversize_bodies_are_named_then_recovered_from
     agent.stop().await;
 }
 
+#[tokio::test]
+async fn models_listed_after_a_loading_503_reach_the_report_at_the_next_scrape() {
+    let engine = FakeEngine::start(Behavior::Serve(VLLM.into())).await;
+    engine.models_loading_for(1);
+    let t0 = Instant::now();
+    let agent = Agent::start(&engine.url(), &["--interval", "100ms"]).await;
+    // The first read is refused; the names must not wait for the next regular listing, 5 s on.
+    agent
+        .wait_for_report(
+            Duration::from_secs(2),
+            "the model /v1/models lists once loaded",
+            |r| r.models.iter().any(|m| m.name == "served-model"),
+        )
+        .await;
+    eprintln!(
+        "served-model listed {:?} after the agent started, after {} reads of /v1/models",
+        t0.elapsed(),
+        engine.models_reads()
+    );
+    assert!(engine.models_reads() >= 2);
+    agent.stop().await;
+}
+
 struct FakeGpus;
 
 impl inferpick_agent::gpu::GpuSource for FakeGpus {
