@@ -312,55 +312,25 @@ impl AgentMetrics {
 
 #[cfg(test)]
 mod tests {
-    use inferpick_schema::{
-        AgentInfo, EndpointInfo, EngineKind, EngineStatus, Gpu, Load, ModelEntry,
-    };
+    use inferpick_schema::Gpu;
+    use inferpick_schema::testing::{self, ReportBuilder};
 
     use super::*;
 
+    /// A ready endpoint serving `m`, with 3 waiting, no running count, and one GPU that does not
+    /// report its temperature.
     fn report() -> LoadReport {
-        LoadReport {
-            schema_version: 1,
-            agent: AgentInfo {
-                id: "a".into(),
-                version: "0.1.0".into(),
-                started_at_ms: 0,
-            },
-            seq: 1,
-            sent_at_ms: 0,
-            interval_ms: 100,
-            endpoint: EndpointInfo {
-                address: "10.0.0.1:8000".into(),
-                pod: None,
-                namespace: None,
-                node: None,
-            },
-            engine: EngineStatus {
-                kind: EngineKind::Vllm,
-                ready: true,
-                error: None,
-                scrape_ms: Some(1.0),
-            },
-            models: vec![ModelEntry {
-                name: "m".into(),
-                adapter_of: None,
-            }],
-            load: Load {
-                requests_waiting: Some(3),
-                kv_cache_utilization: Some(0.5),
-                ..Load::default()
-            },
-            gpus: vec![Gpu {
-                uuid: "GPU-1".into(),
-                index: Some(0),
-                name: None,
-                memory_used_bytes: Some(10),
-                memory_total_bytes: Some(20),
-                utilization_percent: Some(97.0),
-                temperature_celsius: None,
-                power_watts: Some(300.5),
-            }],
-        }
+        let gpu = Gpu {
+            temperature_celsius: None,
+            ..testing::gpu(0)
+        };
+        ReportBuilder::new("10.0.0.1:8000")
+            .models(&["m"])
+            .waiting(3)
+            .running(None)
+            .kv_utilization(0.5)
+            .gpus(vec![gpu])
+            .build()
     }
 
     #[test]
@@ -370,16 +340,23 @@ mod tests {
         m.observe_scrape("ok", Duration::from_millis(2));
         m.observe_push("http://p:9000/v1/reports", false, Duration::from_millis(1));
         let text = m.render();
+        let gpu = format!(
+            "endpoint=\"10.0.0.1:8000\",gpu=\"0\",uuid=\"{}\"",
+            testing::gpu(0).uuid
+        );
         for line in [
-            "inferpick_endpoint_requests_waiting{endpoint=\"10.0.0.1:8000\",model=\"m\"} 3.0",
-            "inferpick_endpoint_kv_cache_utilization{endpoint=\"10.0.0.1:8000\",model=\"m\"} 0.5",
-            "inferpick_endpoint_ready{endpoint=\"10.0.0.1:8000\",model=\"m\"} 1.0",
-            "inferpick_gpu_utilization_ratio{endpoint=\"10.0.0.1:8000\",gpu=\"0\",uuid=\"GPU-1\"} 0.97",
-            "inferpick_gpu_power_watts{endpoint=\"10.0.0.1:8000\",gpu=\"0\",uuid=\"GPU-1\"} 300.5",
-            "inferpick_agent_scrapes_total{result=\"ok\"} 1",
-            "inferpick_agent_pushes_total{target=\"http://p:9000/v1/reports\",result=\"error\"} 1",
-            "inferpick_agent_info{version=\"0.1.0\",engine=\"vllm\"} 1",
-            "# EOF",
+            "inferpick_endpoint_requests_waiting{endpoint=\"10.0.0.1:8000\",model=\"m\"} 3.0"
+                .into(),
+            "inferpick_endpoint_kv_cache_utilization{endpoint=\"10.0.0.1:8000\",model=\"m\"} 0.5"
+                .into(),
+            "inferpick_endpoint_ready{endpoint=\"10.0.0.1:8000\",model=\"m\"} 1.0".into(),
+            format!("inferpick_gpu_utilization_ratio{{{gpu}}} 0.87"),
+            format!("inferpick_gpu_power_watts{{{gpu}}} 455.5"),
+            "inferpick_agent_scrapes_total{result=\"ok\"} 1".into(),
+            "inferpick_agent_pushes_total{target=\"http://p:9000/v1/reports\",result=\"error\"} 1"
+                .into(),
+            "inferpick_agent_info{version=\"0.1.0\",engine=\"vllm\"} 1".into(),
+            "# EOF".to_string(),
         ] {
             assert!(
                 text.lines().any(|l| l == line),

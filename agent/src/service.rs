@@ -24,7 +24,8 @@ use crate::metrics::AgentMetrics;
 use crate::push::{self, Clients, Outgoing, TokenFile};
 use crate::report::ReportBuilder;
 
-/// How often `/v1/models` is read again (models change rarely; metrics every interval).
+/// How often `/v1/models` is read again once it has listed names (models change rarely; metrics
+/// every interval). Until then it is read at every scrape.
 pub const MODELS_EVERY: Duration = Duration::from_secs(5);
 /// How often GPUs are sampled (NVML's own utilization window is about a second).
 pub const GPU_EVERY: Duration = Duration::from_secs(1);
@@ -72,7 +73,8 @@ impl Scraper {
         }
     }
 
-    /// One scrape (and, every [`MODELS_EVERY`], one models listing, concurrently).
+    /// One scrape, and concurrently one models listing when one is due: every [`MODELS_EVERY`]
+    /// after a listing with names, at the next scrape after one that failed or listed none.
     async fn scrape(&mut self, metrics: Option<&AgentMetrics>) -> Observation {
         let t0 = Instant::now();
         let list_models = t0 >= self.models_due;
@@ -84,7 +86,13 @@ impl Scraper {
             }
         });
         if list_models {
-            self.models_due = t0 + MODELS_EVERY;
+            // An engine that is still loading answers 503 (llama.cpp, vLLM); asking again only
+            // after MODELS_EVERY would keep a ready pod's names out of its reports that long.
+            self.models_due = if listed.is_some() {
+                t0 + MODELS_EVERY
+            } else {
+                t0
+            };
             self.collector.set_listed_models(listed);
         }
         let observation = self

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use inferpick_schema::Gpu;
+use inferpick_schema::{Gpu, testing};
 
 const VLLM: &str = "vllm:num_requests_waiting{model_name=\"m\"} 4\nvllm:kv_cache_usage_perc{model_name=\"m\"} 0.25\n";
 
@@ -119,20 +119,34 @@ async fn engine_errors_garbage_and_oversize_bodies_are_named_then_recovered_from
     agent.stop().await;
 }
 
+#[tokio::test]
+async fn models_listed_after_a_loading_503_reach_the_report_at_the_next_scrape() {
+    let engine = FakeEngine::start(Behavior::Serve(VLLM.into())).await;
+    engine.models_loading_for(1);
+    let t0 = Instant::now();
+    let agent = Agent::start(&engine.url(), &["--interval", "100ms"]).await;
+    // The first read is refused; the names must not wait for the next regular listing, 5 s on.
+    agent
+        .wait_for_report(
+            Duration::from_secs(2),
+            "the model /v1/models lists once loaded",
+            |r| r.models.iter().any(|m| m.name == "served-model"),
+        )
+        .await;
+    eprintln!(
+        "served-model listed {:?} after the agent started, after {} reads of /v1/models",
+        t0.elapsed(),
+        engine.models_reads()
+    );
+    assert!(engine.models_reads() >= 2);
+    agent.stop().await;
+}
+
 struct FakeGpus;
 
 impl inferpick_agent::gpu::GpuSource for FakeGpus {
     fn read(&self) -> Vec<Gpu> {
-        vec![Gpu {
-            uuid: "GPU-fake-0".into(),
-            index: Some(0),
-            name: Some("Fake H100".into()),
-            memory_used_bytes: Some(70 << 30),
-            memory_total_bytes: Some(80 << 30),
-            utilization_percent: Some(93.0),
-            temperature_celsius: Some(64.0),
-            power_watts: Some(612.5),
-        }]
+        vec![testing::gpu(0)]
     }
 }
 
@@ -148,17 +162,17 @@ async fn gpus_from_the_source_reach_the_report_and_metrics() {
     let r = agent
         .wait_for_report(Duration::from_secs(10), "a GPU", |r| !r.gpus.is_empty())
         .await;
-    assert_eq!(r.gpus[0].uuid, "GPU-fake-0");
-    assert_eq!(r.gpus[0].power_watts, Some(612.5));
+    assert_eq!(r.gpus, vec![testing::gpu(0)]);
     let text = reqwest::get(format!("http://{}/metrics", agent.addr))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    assert!(
-        text.contains("inferpick_gpu_utilization_ratio{endpoint=\"10.0.0.1:8000\",gpu=\"0\",uuid=\"GPU-fake-0\"} 0.93"),
-        "{text}"
+    let series = format!(
+        "inferpick_gpu_utilization_ratio{{endpoint=\"10.0.0.1:8000\",gpu=\"0\",uuid=\"{}\"}} 0.87",
+        testing::gpu(0).uuid
     );
+    assert!(text.contains(&series), "no {series} in\n{text}");
     agent.stop().await;
 }

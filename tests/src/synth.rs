@@ -3,9 +3,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use inferpick_schema::{
-    AgentInfo, EndpointInfo, EngineKind, EngineStatus, Load, LoadReport, ModelEntry, SCHEMA_VERSION,
-};
+use inferpick_schema::LoadReport;
+use inferpick_schema::testing::ReportBuilder;
 
 /// One synthetic agent: the identity it reports under and its sequence number.
 #[derive(Debug, Clone)]
@@ -16,7 +15,6 @@ pub struct SynthAgent {
     pub model: String,
     /// Added to this machine's clock in `sent_at_ms`, to play an agent with a skewed clock.
     pub clock_skew_ms: i64,
-    id: String,
     started_at_ms: u64,
     seq: u64,
 }
@@ -24,10 +22,8 @@ pub struct SynthAgent {
 impl SynthAgent {
     /// An agent for `address` serving `model`, started now.
     pub fn new(address: impl Into<String>, model: impl Into<String>) -> Self {
-        let address = address.into();
         Self {
-            id: format!("synthetic-{address}"),
-            address,
+            address: address.into(),
             model: model.into(),
             clock_skew_ms: 0,
             started_at_ms: now_ms(),
@@ -35,49 +31,25 @@ impl SynthAgent {
         }
     }
 
-    /// The next report: `seq` one higher, `sent_at_ms` this machine's clock plus the skew, an
-    /// idle ready engine with `waiting` queued requests.
+    /// The next report: `seq` one higher, `sent_at_ms` this machine's clock plus the skew, a
+    /// ready engine with `waiting` queued requests, 2 running, a quarter of its KV cache in use.
     pub fn next_report(&mut self, waiting: u32) -> LoadReport {
         self.seq += 1;
-        LoadReport {
-            schema_version: SCHEMA_VERSION,
-            agent: AgentInfo {
-                id: self.id.clone(),
-                version: "synthetic".to_owned(),
-                started_at_ms: self.started_at_ms,
-            },
-            seq: self.seq,
-            sent_at_ms: now_ms().saturating_add_signed(self.clock_skew_ms),
-            interval_ms: 100,
-            endpoint: EndpointInfo {
-                address: self.address.clone(),
-                pod: Some(self.id.clone()),
-                namespace: Some("synthetic".to_owned()),
-                node: Some("loopback".to_owned()),
-            },
-            engine: EngineStatus {
-                kind: EngineKind::Vllm,
-                ready: true,
-                error: None,
-                scrape_ms: Some(1.0),
-            },
-            models: vec![ModelEntry {
-                name: self.model.clone(),
-                adapter_of: None,
-            }],
-            load: Load {
-                requests_waiting: Some(waiting),
-                requests_running: Some(2),
-                kv_cache_utilization: Some(0.25),
-                kv_cache_capacity_tokens: Some(200_000),
-                kv_block_size_tokens: Some(16),
-                prefix_cache_hit_ratio: Some(0.0),
-                prompt_tokens_per_second: Some(1000.0),
-                generation_tokens_per_second: Some(500.0),
-                adapters: None,
-            },
-            gpus: Vec::new(),
-        }
+        let mut report = ReportBuilder::new(&self.address)
+            .seq(self.seq)
+            .started_at_ms(self.started_at_ms)
+            .sent_at_ms(now_ms().saturating_add_signed(self.clock_skew_ms))
+            .models(&[&self.model])
+            .waiting(waiting)
+            .running(2)
+            .kv_utilization(0.25)
+            .build();
+        // Rates too, so cost-based policies see a working engine, not an unknown one.
+        report.load.kv_block_size_tokens = Some(16);
+        report.load.prefix_cache_hit_ratio = Some(0.0);
+        report.load.prompt_tokens_per_second = Some(1000.0);
+        report.load.generation_tokens_per_second = Some(500.0);
+        report
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use inferpick_schema::{EngineKind, Gpu, PickRequest};
+use inferpick_schema::{EngineKind, PickRequest, testing};
 use inferpick_tests::fleet::{Fleet, FleetSpec, PodSpec};
 use inferpick_tests::tool::PROMTOOL;
 
@@ -70,16 +70,7 @@ async fn agent_and_picker_metrics_pass_promtool_check_metrics() {
     if PROMTOOL.or_skip("metrics_lint").is_none() {
         return;
     }
-    let gpu = Gpu {
-        uuid: "GPU-lint-0".into(),
-        index: Some(0),
-        name: Some("Fake".into()),
-        memory_used_bytes: Some(1 << 30),
-        memory_total_bytes: Some(80 << 30),
-        utilization_percent: Some(50.0),
-        temperature_celsius: Some(60.0),
-        power_watts: Some(300.0),
-    };
+    let gpu = testing::gpu(0);
     let pod = |engine| PodSpec {
         engine,
         model: "meta-llama/Llama-3.1-8B-Instruct".into(),

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use inferpick_lab::engine::EngineConfig;
-use inferpick_schema::{EngineKind, Gpu, PickRequest};
+use inferpick_schema::{EngineKind, PickRequest, testing};
 use inferpick_tests::contract;
 use inferpick_tests::fleet::{Fleet, FleetSpec, PickOutcome, PodSpec};
 use inferpick_tests::grafana::{self, Dashboard};
@@ -439,19 +439,6 @@ async fn missing(prometheus: &Prometheus, check: &Check) -> Option<String> {
     None
 }
 
-fn fake_gpu(index: u32) -> Gpu {
-    Gpu {
-        uuid: format!("GPU-00000000-0000-0000-0000-00000000000{index}"),
-        index: Some(0),
-        name: Some("Emulated H100 80GB".into()),
-        memory_used_bytes: Some(72_000_000_000),
-        memory_total_bytes: Some(85_520_809_984),
-        utilization_percent: Some(87.0),
-        temperature_celsius: Some(61.0),
-        power_watts: Some(455.5),
-    }
-}
-
 /// Requests with a shared 256-character system prompt (prefix-cache hits) and a unique tail.
 fn request(model: &str, priority: i32, n: u64) -> PickRequest {
     let system = "You are a helpful assistant for the inferpick fleet test. ".repeat(5);
@@ -475,7 +462,7 @@ async fn every_dashboard_and_alert_query_returns_data_from_a_live_fleet() {
     let pod = |engine, model: &str, gpu| PodSpec {
         engine,
         model: model.to_owned(),
-        gpu: Some(fake_gpu(gpu)),
+        gpu: Some(testing::gpu(gpu)),
     };
     let fleet = Fleet::start(FleetSpec {
         pods: vec![

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,33 +31,40 @@ pub enum Behavior {
     Huge(usize),
 }
 
-/// A fake model server.
+/// A fake model server: `/metrics` as its [`Behavior`] says, `/v1/models` listing
+/// `served-model` (after answering 503 to as many reads as [`FakeEngine::models_loading_for`] set).
 pub struct FakeEngine {
     pub addr: SocketAddr,
-    behavior: Arc<Mutex<Behavior>>,
+    state: EngineState,
     task: JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct EngineState {
+    behavior: Arc<Mutex<Behavior>>,
+    /// `/v1/models` reads still to be refused with 503.
+    models_loading: Arc<AtomicUsize>,
+    /// `/v1/models` reads so far.
+    models_reads: Arc<AtomicUsize>,
 }
 
 impl FakeEngine {
     pub async fn start(behavior: Behavior) -> Self {
-        let behavior = Arc::new(Mutex::new(behavior));
+        let state = EngineState {
+            behavior: Arc::new(Mutex::new(behavior)),
+            models_loading: Arc::new(AtomicUsize::new(0)),
+            models_reads: Arc::new(AtomicUsize::new(0)),
+        };
         let app = Router::new()
             .route("/metrics", get(engine_metrics))
-            .route(
-                "/v1/models",
-                get(|| async { axum::Json(serde_json::json!({"object": "list", "data": [{"id": "served-model", "object": "model"}]})) }),
-            )
-            .with_state(behavior.clone());
+            .route("/v1/models", get(engine_models))
+            .with_state(state.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        FakeEngine {
-            addr,
-            behavior,
-            task,
-        }
+        FakeEngine { addr, state, task }
     }
 
     pub fn url(&self) -> String {
@@ -64,7 +72,18 @@ impl FakeEngine {
     }
 
     pub fn set(&self, behavior: Behavior) {
-        *self.behavior.lock().unwrap() = behavior;
+        *self.state.behavior.lock().unwrap() = behavior;
+    }
+
+    /// The next `reads` reads of `/v1/models` answer 503 "Loading model", as llama.cpp and vLLM
+    /// do while the weights load.
+    pub fn models_loading_for(&self, reads: usize) {
+        self.state.models_loading.store(reads, Ordering::SeqCst);
+    }
+
+    /// How many times `/v1/models` has been read.
+    pub fn models_reads(&self) -> usize {
+        self.state.models_reads.load(Ordering::SeqCst)
     }
 }
 
@@ -74,8 +93,24 @@ impl Drop for FakeEngine {
     }
 }
 
-async fn engine_metrics(State(b): State<Arc<Mutex<Behavior>>>) -> Response {
-    let behavior = b.lock().unwrap().clone();
+async fn engine_models(State(s): State<EngineState>) -> Response {
+    s.models_reads.fetch_add(1, Ordering::SeqCst);
+    let loading = s
+        .models_loading
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if loading {
+        let body = serde_json::json!({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}});
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
+    axum::Json(
+        serde_json::json!({"object": "list", "data": [{"id": "served-model", "object": "model"}]}),
+    )
+    .into_response()
+}
+
+async fn engine_metrics(State(s): State<EngineState>) -> Response {
+    let behavior = s.behavior.lock().unwrap().clone();
     match behavior {
         Behavior::Serve(text) => text.into_response(),
         Behavior::Status(code, body) => (StatusCode::from_u16(code).unwrap(), body).into_response(),
