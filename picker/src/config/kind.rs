@@ -263,6 +263,8 @@ pub(crate) enum Bound {
     Incl(f64),
     /// Only values beyond it.
     Excl(f64),
+    /// No bound.
+    Open,
 }
 
 /// A finite number within a range.
@@ -272,6 +274,11 @@ pub(crate) struct Number {
 }
 
 impl Number {
+    /// `≥ 0`.
+    pub(crate) const NON_NEGATIVE: Number = Number::within(Bound::Incl(0.0), Bound::Open);
+    /// `> 0`.
+    pub(crate) const POSITIVE: Number = Number::within(Bound::Excl(0.0), Bound::Open);
+
     /// Within `min` and `max`.
     pub(crate) const fn within(min: Bound, max: Bound) -> Number {
         Number { min, max }
@@ -281,28 +288,44 @@ impl Number {
         let above = match self.min {
             Bound::Incl(m) => x >= m,
             Bound::Excl(m) => x > m,
+            Bound::Open => true,
         };
         let below = match self.max {
             Bound::Incl(m) => x <= m,
             Bound::Excl(m) => x < m,
+            Bound::Open => true,
         };
         x.is_finite() && above && below
     }
 
     fn bounds(&self) -> String {
-        let (open, a) = match self.min {
-            Bound::Incl(m) => ('[', m),
-            Bound::Excl(m) => ('(', m),
+        let lo = match self.min {
+            Bound::Incl(m) => Some(('[', m)),
+            Bound::Excl(m) => Some(('(', m)),
+            Bound::Open => None,
         };
-        let (close, b) = match self.max {
-            Bound::Incl(m) => (']', m),
-            Bound::Excl(m) => (')', m),
+        let hi = match self.max {
+            Bound::Incl(m) => Some((']', m)),
+            Bound::Excl(m) => Some((')', m)),
+            Bound::Open => None,
         };
-        format!("within {open}{a}, {b}{close}")
+        match (lo, hi) {
+            (None, None) => "finite".into(),
+            (Some(('[', m)), None) => format!("≥ {m}"),
+            (Some((_, m)), None) => format!("> {m}"),
+            (None, Some((']', m))) => format!("≤ {m}"),
+            (None, Some((_, m))) => format!("< {m}"),
+            (Some((open, a)), Some((close, b))) => format!("within {open}{a}, {b}{close}"),
+        }
     }
 
     fn check(&self, x: f64, written: &str) -> Result<f64, String> {
-        if self.contains(x) {
+        if !x.is_finite() {
+            Err(format!(
+                "{written}: must be a finite number {}",
+                self.bounds()
+            ))
+        } else if self.contains(x) {
             Ok(x)
         } else {
             Err(format!("{written}: must be {}", self.bounds()))

@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::declare::settings;
-use super::kind::Bound::{Excl, Incl};
+use super::kind::Bound::{Excl, Incl, Open};
 use super::kind::{Addr, AddrOrOff, Int, Number, Optional, Path, Profile, Span};
 use super::lists::{Cidrs, Objectives, Rewrites};
-use crate::scheduler::{Policy, RewriteTarget, Saturation, SchedulerConfig};
+use crate::scheduler::{CostModel, Policy, RewriteTarget, Saturation, SchedulerConfig};
 use crate::table::{DEFAULT_MAX_ENDPOINTS, TableConfig};
 use crate::tls::TlsFiles;
 use crate::trust::Cidr;
@@ -75,6 +75,58 @@ settings! {
     rewrites: HashMap<String, Vec<RewriteTarget>> = HashMap::new(), {
         "models" => Rewrites;
     }
+    /// The `inferpick` profile's cost model: predicted seconds to first token on each endpoint.
+    /// The defaults are calibrated for an 8B model on one H100 (10–20k prefill tokens/s, 10–30 ms
+    /// decode steps); the other profiles ignore it.
+    cost: CostModel = CostModel::default(), {
+        /// Prompt tokens assumed per waiting request, and for a request that sends neither its
+        /// prompt nor an estimate.
+        "cost.default_prompt_tokens" .default_prompt_tokens => Int::range(0, 10_000_000);
+        /// Characters per token, to estimate a prompt's tokens from its text.
+        "cost.chars_per_token" .chars_per_token => Number::POSITIVE;
+        /// Prefill throughput assumed until an endpoint has shown more (tokens/s).
+        "cost.prefill_floor_tokens_per_second" .prefill_floor_tokens_per_second
+            => Number::POSITIVE;
+        /// A routed prompt stays in its endpoint's backlog for this fraction of its costed
+        /// prefill time; below 1 because throughput is measured over steps that also decode, and
+        /// at 1 a sustained load can make the backlog outgrow what endpoints actually hold.
+        "cost.routed_prefill_drain_ratio" .routed_prefill_drain_ratio
+            => Number::within(Incl(0.0), Incl(1.0));
+        /// Time-to-first-token slowdown per running request (seconds): decode steps share the
+        /// batch.
+        "cost.seconds_per_running_request" .seconds_per_running_request => Number::NON_NEGATIVE;
+        /// Scale of the KV pressure term k/(1−k), which grows without bound as the cache fills
+        /// (seconds).
+        "cost.kv_pressure_seconds" .kv_pressure_seconds => Number::NON_NEGATIVE;
+        /// Cost of loading the requested LoRA adapter into a free slot (seconds; half of it while
+        /// the adapter is already waiting to load).
+        "cost.adapter_load_seconds" .adapter_load_seconds => Number::NON_NEGATIVE;
+        /// Cost of waiting for an adapter slot when every slot is busy (seconds).
+        "cost.adapter_slot_wait_seconds" .adapter_slot_wait_seconds => Number::NON_NEGATIVE;
+        /// Credit for the endpoint that served this session before (seconds).
+        "cost.session_affinity_seconds" .session_affinity_seconds => Number::NON_NEGATIVE;
+        /// Imbalance guard: an endpoint loses its prefix and session credit when its load exceeds
+        /// both this multiple of the pool's least-loaded endpoint and that load plus
+        /// `prefix_imbalance_requests`.
+        "cost.prefix_imbalance_ratio" .prefix_imbalance_ratio
+            => Number::within(Incl(1.0), Open);
+        /// Imbalance guard: the margin in requests over the pool's least-loaded endpoint (see
+        /// `prefix_imbalance_ratio`).
+        "cost.prefix_imbalance_requests" .prefix_imbalance_requests
+            => Int::range(0, 1_000_000);
+        /// How many near-best endpoints are sampled; the cheapest of the sample is picked (power
+        /// of k choices).
+        "cost.power_of_k" .power_of_k => Int::range(1, 1024);
+        /// Near-best: a cost within best × (1 + this), or within best + `near_best_seconds`,
+        /// whichever is wider.
+        "cost.near_best_ratio" .near_best_ratio => Number::NON_NEGATIVE;
+        /// Near-best: the absolute margin over the best cost (seconds; see `near_best_ratio`).
+        "cost.near_best_seconds" .near_best_seconds => Number::NON_NEGATIVE;
+        /// Pools larger than this are scored on a random window of this many ready endpoints,
+        /// plus every endpoint the prefix index or the session names (shedding is still decided
+        /// on the whole pool); 0 scores every endpoint.
+        "cost.scan_limit" .scan_limit => Int::range(0, u64::MAX);
+    }
     /// Most endpoints the table holds; a report for a new endpoint beyond it is refused with 503
     /// `table_full`.
     max_endpoints: usize = DEFAULT_MAX_ENDPOINTS, {
@@ -85,6 +137,16 @@ settings! {
     /// HTTP/2 handshakes.
     request_timeout: Duration = Duration::from_secs(10), {
         "limits.request_timeout" => Span::POSITIVE, flag request_timeout "DURATION";
+    }
+    /// Most decisions kept open for `POST /v1/done` feedback; beyond it the oldest are dropped,
+    /// and a `done` for one of them changes nothing.
+    max_open_decisions: usize = TableConfig::default().max_open_decisions, {
+        "limits.max_open_decisions" => Int::range(1, 100_000_000);
+    }
+    /// Most prompt blocks (64 bytes of prompt each) the prefix index remembers per endpoint, least
+    /// recently seen dropped first. Read at start: a reload keeps the index as it was built.
+    prefix_blocks_per_endpoint: usize = TableConfig::default().prefix_blocks_per_endpoint, {
+        "limits.prefix_blocks_per_endpoint" => Int::range(1, 100_000_000);
     }
     /// TLS for both listeners; `None` serves plain text.
     tls: Option<TlsFiles> = None, {
@@ -120,11 +182,15 @@ fn tls_files(s: &mut Settings) -> &mut TlsFiles {
 
 impl Settings {
     /// The table's part.
+    // Every field is set today; the update keeps this compiling when the table gains one.
+    #[allow(clippy::needless_update)]
     pub fn table_config(&self) -> TableConfig {
         TableConfig {
             max_report_age: self.max_report_age,
             forget_after: self.forget_after,
             max_endpoints: self.max_endpoints,
+            max_open_decisions: self.max_open_decisions,
+            prefix_blocks_per_endpoint: self.prefix_blocks_per_endpoint,
             ..TableConfig::default()
         }
     }
@@ -135,6 +201,7 @@ impl Settings {
             objectives: self.objectives.clone(),
             rewrites: self.rewrites.clone(),
             saturation: self.saturation.clone(),
+            cost: self.cost.clone(),
             ..SchedulerConfig::default()
         }
     }

@@ -8,7 +8,8 @@ use clap::Parser;
 
 use super::declare::table;
 use super::*;
-use crate::scheduler::Policy;
+use crate::scheduler::{CostModel, Policy};
+use crate::table::TableConfig;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -353,7 +354,7 @@ fn numbers_out_of_range_say_the_range_and_the_value() {
     for says in [
         "extproc_fallbacks: 17: must be within 0..=16",
         "saturation.queue_depth_threshold: -1: must be within 1..=1000000",
-        "saturation.kv_cache_threshold: .nan: must be within (0, 1]",
+        "saturation.kv_cache_threshold: .nan: must be a finite number within (0, 1]",
         "limits.max_endpoints: '5': expected an integer ≥ 1",
         "flags: --extproc-fallbacks: -2: must be within 0..=16",
     ] {
@@ -390,4 +391,94 @@ fn the_readme_reference_matches_the_declarations() {
             );
         }
     }
+}
+
+#[test]
+fn the_cost_model_and_table_limits_come_from_the_file() {
+    let d = scratch("cost");
+    let file = write(
+        &d,
+        "p.yaml",
+        "cost:\n  default_prompt_tokens: 1024\n  chars_per_token: 3.5\n  prefill_floor_tokens_per_second: 12000\n  routed_prefill_drain_ratio: 0.5\n  seconds_per_running_request: 0.004\n  kv_pressure_seconds: 0.3\n  adapter_load_seconds: 0.2\n  adapter_slot_wait_seconds: 1\n  session_affinity_seconds: 0\n  prefix_imbalance_ratio: 2\n  prefix_imbalance_requests: 4\n  power_of_k: 3\n  near_best_ratio: 0.2\n  near_best_seconds: 0.01\n  scan_limit: 0\nlimits: { max_open_decisions: 5000, prefix_blocks_per_endpoint: 64 }\n",
+    );
+    let s = Settings::from_args(Args {
+        config: Some(file),
+        ..Args::default()
+    })
+    .unwrap();
+    let expected = CostModel {
+        default_prompt_tokens: 1024,
+        chars_per_token: 3.5,
+        prefill_floor_tokens_per_second: 12_000.0,
+        routed_prefill_drain_ratio: 0.5,
+        seconds_per_running_request: 0.004,
+        kv_pressure_seconds: 0.3,
+        adapter_load_seconds: 0.2,
+        adapter_slot_wait_seconds: 1.0,
+        session_affinity_seconds: 0.0,
+        prefix_imbalance_ratio: 2.0,
+        prefix_imbalance_requests: 4,
+        power_of_k: 3,
+        near_best_ratio: 0.2,
+        near_best_seconds: 0.01,
+        scan_limit: 0,
+    };
+    assert_eq!(s.scheduler_config().cost, expected);
+    let table = s.table_config();
+    assert_eq!(
+        (table.max_open_decisions, table.prefix_blocks_per_endpoint),
+        (5000, 64)
+    );
+    // Keys left out keep the cost model's and the table's own defaults.
+    let partial = write(&d, "partial.yaml", "cost: { power_of_k: 4 }\n");
+    let s = Settings::from_args(Args {
+        config: Some(partial),
+        ..Args::default()
+    })
+    .unwrap();
+    assert_eq!(
+        s.scheduler_config().cost,
+        CostModel {
+            power_of_k: 4,
+            ..CostModel::default()
+        }
+    );
+    assert_eq!(s.table_config(), TableConfig::default());
+}
+
+#[test]
+fn bad_cost_values_are_each_named_with_their_range() {
+    let d = scratch("bad-cost");
+    let file = write(
+        &d,
+        "p.yaml",
+        "cost:\n  chars_per_token: 0\n  prefill_floor_tokens_per_second: -5\n  routed_prefill_drain_ratio: 1.5\n  kv_pressure_seconds: .inf\n  prefix_imbalance_ratio: 0.5\n  power_of_k: 0\n  near_best_seconds: soon\n  scan_limit: -1\n  temperature: 1\nlimits: { max_open_decisions: 0, prefix_blocks_per_endpoint: 1.5 }\n",
+    );
+    let err = Settings::from_args(Args {
+        config: Some(file.clone()),
+        ..Args::default()
+    })
+    .unwrap_err();
+    let text = err.to_string();
+    for says in [
+        "cost.chars_per_token: 0: must be > 0",
+        "cost.prefill_floor_tokens_per_second: -5: must be > 0",
+        "cost.routed_prefill_drain_ratio: 1.5: must be within [0, 1]",
+        "cost.kv_pressure_seconds: .inf: must be a finite number ≥ 0",
+        "cost.prefix_imbalance_ratio: 0.5: must be ≥ 1",
+        "cost.power_of_k: 0: must be within 1..=1024",
+        "cost.near_best_seconds: soon: expected a number ≥ 0",
+        "cost.scan_limit: -1: must be ≥ 0",
+        "cost.temperature: unknown key (expected one of default_prompt_tokens,",
+        "limits.max_open_decisions: 0: must be within 1..=100000000",
+        "limits.prefix_blocks_per_endpoint: 1.5: expected an integer within 1..=100000000",
+    ] {
+        assert!(text.contains(says), "{says:?} missing from {text}");
+    }
+    assert_eq!(err.issues.len(), 11, "{text}");
+    assert!(
+        err.issues
+            .iter()
+            .all(|i| i.source == file.display().to_string())
+    );
 }
