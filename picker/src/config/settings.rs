@@ -132,6 +132,15 @@ settings! {
     max_endpoints: usize = DEFAULT_MAX_ENDPOINTS, {
         "limits.max_endpoints" => Int::range(1, u64::MAX), flag max_endpoints "N";
     }
+    /// Most connections each listener (HTTP, gRPC) holds at once; at the cap it stops accepting
+    /// until one closes, and new clients wait in the kernel's listen backlog. Each connection
+    /// costs a file descriptor and buffers, so the cap keeps a flood of connections inside the
+    /// process's descriptor limit and bounded memory; 10000 leaves room for a fleet of thousands
+    /// of agents (each holds one keep-alive connection to the HTTP listener) plus its gateways.
+    /// With a fleet near `--max-endpoints`, raise it too. Read at start.
+    max_connections: usize = 10_000, {
+        "limits.max_connections" => Int::range(1, 10_000_000), flag max_connections "N";
+    }
     /// A client that has not sent a whole request head within this is disconnected, a body not
     /// read within it gets 408, an idle connection is closed after it; it also bounds TLS and
     /// HTTP/2 handshakes.

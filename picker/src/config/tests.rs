@@ -482,3 +482,28 @@ fn bad_cost_values_are_each_named_with_their_range() {
             .all(|i| i.source == file.display().to_string())
     );
 }
+
+#[test]
+fn the_connection_cap_comes_from_the_flag_over_the_file() {
+    assert_eq!(Settings::default().max_connections, 10_000);
+    let d = scratch("connections");
+    let file = write(&d, "p.yaml", "limits: { max_connections: 300 }\n");
+    let path = file.to_str().unwrap();
+    let s = Settings::from_args(Args::parse_from(["p", "--config", path])).unwrap();
+    assert_eq!(s.max_connections, 300);
+    let s = Settings::from_args(Args::parse_from([
+        "p",
+        "--config",
+        path,
+        "--max-connections",
+        "2",
+    ]))
+    .unwrap();
+    assert_eq!(s.max_connections, 2);
+    let err = Settings::from_args(Args::parse_from(["p", "--max-connections", "0"])).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("flags: --max-connections: 0: must be within 1..=10000000"),
+        "{err}"
+    );
+}
