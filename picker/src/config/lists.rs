@@ -159,10 +159,12 @@ impl Kind for Rewrites {
 
 fn targets(v: Option<&Yaml>, path: &str, is: &mut Issues) -> Vec<RewriteTarget> {
     let mut out = Vec::new();
-    let Some(Yaml::Sequence(ts)) = v.filter(|v| v.as_sequence().is_some_and(|s| !s.is_empty()))
-    else {
-        is.push(path, "expected a non-empty list of { model, weight }");
-        return out;
+    let ts = match v {
+        Some(Yaml::Sequence(ts)) if !ts.is_empty() => ts,
+        _ => {
+            is.push(path, "expected a non-empty list of { model, weight }");
+            return out;
+        }
     };
     for (j, t) in ts.iter().enumerate() {
         let at = format!("{path}[{j}]");
