@@ -10,6 +10,11 @@
 //!
 //! gRPC: connections are accepted here (TCP_NODELAY, TLS) and handed to tonic already past their
 //! TLS handshake; [`Handshake`] closes one whose HTTP/2 preface does not follow in time.
+//!
+//! Each listener holds at most `--max-connections` connections ([`limit`]); at the cap it stops
+//! accepting until one closes.
+
+mod limit;
 
 use std::future::Future;
 use std::io;
@@ -34,6 +39,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use self::limit::{ConnectionLimit, Slot};
+
 /// A byte stream a listener serves: plain TCP or TLS over it.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
@@ -44,39 +51,50 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Accepts HTTP connections on `listener` until `stop` turns true, then returns the connections
 /// still open; each of them finishes its request in flight and closes (HTTP/2: GOAWAY). Each
-/// connection is bounded by `request_timeout()` as it is when the connection is accepted.
+/// connection is bounded by `request_timeout()` as it is when the connection is accepted; at most
+/// `max_connections` are open at once.
 pub(crate) async fn accept_http(
     listener: TcpListener,
     router: Router,
     tls: Option<TlsAcceptor>,
     request_timeout: impl Fn() -> Duration + Send + 'static,
+    max_connections: usize,
     stop: watch::Receiver<bool>,
 ) -> JoinSet<()> {
+    let mut limit = ConnectionLimit::new("HTTP", max_connections);
     let mut connections = JoinSet::new();
     let draining = stop.clone();
     let stopping = stopped(stop);
     tokio::pin!(stopping);
     loop {
-        tokio::select! {
+        while connections.try_join_next().is_some() {}
+        let slot = tokio::select! {
             () = &mut stopping => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let conn = http_connection(
-                        stream,
-                        peer,
-                        router.clone(),
-                        tls.clone(),
-                        request_timeout(),
-                        draining.clone(),
-                    );
-                    connections.spawn(conn);
-                }
-                Err(e) => {
-                    tracing::warn!("HTTP listener: accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            slot = limit.admit() => slot,
+        };
+        let accepted = tokio::select! {
+            () = &mut stopping => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let conn = http_connection(
+                    stream,
+                    peer,
+                    router.clone(),
+                    tls.clone(),
+                    request_timeout(),
+                    draining.clone(),
+                );
+                connections.spawn(async move {
+                    conn.await;
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                tracing::warn!("HTTP listener: accept failed: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
         }
     }
     connections
@@ -225,38 +243,47 @@ async fn serve_http(
 /// Accepts gRPC connections until `stop` turns true: each is set TCP_NODELAY (each small ext_proc
 /// message would otherwise wait out a delayed ACK, 40 ms at p99, measured), taken through TLS when
 /// configured, and yielded to tonic with its HTTP/2 preface bounded by `timeout`. Handshakes run
-/// concurrently, so a slow one delays nobody else.
+/// concurrently, so a slow one delays nobody else. At most `max_connections` are open at once,
+/// handshakes included.
 pub(crate) fn accept_grpc(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     timeout: Duration,
+    max_connections: usize,
     stop: watch::Receiver<bool>,
 ) -> mpsc::Receiver<io::Result<Handshake>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
+        let mut limit = ConnectionLimit::new("gRPC", max_connections);
         let mut handshakes = JoinSet::new();
         let stopping = stopped(stop);
         tokio::pin!(stopping);
         loop {
-            tokio::select! {
+            while handshakes.try_join_next().is_some() {}
+            let slot = tokio::select! {
                 () = &mut stopping => break,
                 _ = tx.closed() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let tx = tx.clone();
-                        let tls = tls.clone();
-                        handshakes.spawn(async move {
-                            if let Some(conn) = grpc_handshake(stream, peer, tls, timeout).await {
-                                let _ = tx.send(Ok(conn)).await;
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!("gRPC listener: accept failed: {e}");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    }
-                },
-                Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+                slot = limit.admit() => slot,
+            };
+            let accepted = tokio::select! {
+                () = &mut stopping => break,
+                _ = tx.closed() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let tx = tx.clone();
+                    let tls = tls.clone();
+                    handshakes.spawn(async move {
+                        if let Some(conn) = grpc_handshake(stream, peer, tls, timeout, slot).await {
+                            let _ = tx.send(Ok(conn)).await;
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("gRPC listener: accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
             }
         }
     });
@@ -268,6 +295,7 @@ async fn grpc_handshake(
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     timeout: Duration,
+    slot: Slot,
 ) -> Option<Handshake> {
     let _ = stream.set_nodelay(true);
     let info = tonic::transport::server::TcpConnectInfo {
@@ -294,6 +322,7 @@ async fn grpc_handshake(
         info,
         deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
         remaining: HTTP2_HANDSHAKE_BYTES,
+        _slot: slot,
     })
 }
 
@@ -308,6 +337,8 @@ pub(crate) struct Handshake {
     info: tonic::transport::server::TcpConnectInfo,
     deadline: Option<Pin<Box<Sleep>>>,
     remaining: usize,
+    /// Room under the listener's connection cap, given back when tonic drops the connection.
+    _slot: Slot,
 }
 
 impl AsyncRead for Handshake {
@@ -378,5 +409,35 @@ impl tonic::transport::server::Connected for Handshake {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.info.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_grpc_listener_holds_no_more_than_its_cap() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stopped) = watch::channel(false);
+        let mut incoming = accept_grpc(listener, None, Duration::from_secs(60), 1, stopped);
+
+        let _a = TcpStream::connect(addr).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), incoming.recv())
+            .await
+            .expect("the first is accepted");
+        let first = first.unwrap().unwrap();
+        let b = TcpStream::connect(addr).await.unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(300), incoming.recv()).await;
+        assert!(early.is_err(), "a second connection got past a cap of 1");
+
+        // tonic drops a connection when it closes; that gives its room back.
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(5), incoming.recv())
+            .await
+            .expect("the second is accepted once the first closed");
+        let second = second.unwrap().unwrap();
+        assert_eq!(second.info.remote_addr, Some(b.local_addr().unwrap()));
     }
 }

@@ -115,6 +115,7 @@ pub async fn serve(
             let state = state.clone();
             move || state.settings().request_timeout
         },
+        settings.max_connections,
         stopped,
     ));
     let grpc_ended = async {

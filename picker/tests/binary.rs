@@ -387,3 +387,73 @@ async fn sigterm_drops_readiness_first_then_drains_a_request_in_flight_and_exits
         "{log}"
     );
 }
+
+/// Sends one keep-alive `GET /healthz` on `conn` and reads its response head and body.
+async fn healthz_on(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: picker\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // The body is small and fixed-length: the response is whole once the blank line and the
+    // body after it are in.
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\nok") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, conn.read(&mut buf))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_a_new_client_waits_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let picker = start(&["--max-connections", "2", "--request-timeout", "60s"]);
+    let addr = picker.base.trim_start_matches("http://").to_string();
+    // Two idle keep-alive connections, each shown to be accepted by an answer.
+    let mut first = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(healthz_on(&mut first).await.starts_with("HTTP/1.1 200"));
+    let mut second = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(healthz_on(&mut second).await.starts_with("HTTP/1.1 200"));
+    // The listener says it is at its cap.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let line = picker
+            .log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the picker logs that it is at the connection cap");
+        if line.contains("at the connection cap") {
+            assert!(line.contains("cap=2"), "{line}");
+            break;
+        }
+    }
+
+    // A third client connects (the kernel's backlog completes the handshake) and asks...
+    let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: picker\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // ...and is not answered while the two stay open, though they still are.
+    let mut buf = [0u8; 4096];
+    let waited = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(waited.is_err(), "answered past the cap: {waited:?}");
+    assert!(healthz_on(&mut second).await.starts_with("HTTP/1.1 200"));
+
+    // One closes: the third is accepted and answered.
+    drop(first);
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut response))
+        .await
+        .expect("answered once a connection closed")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}

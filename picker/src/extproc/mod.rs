@@ -151,6 +151,7 @@ pub async fn serve<H: tonic_health::pb::health_server::Health>(
     health
         .set_serving::<ExternalProcessorServer<ExtProc>>()
         .await;
+    let max_connections = state.settings().max_connections;
     let service = ExternalProcessorServer::new(ExtProc {
         decide: PickerDecide { state },
     });
@@ -170,6 +171,7 @@ pub async fn serve<H: tonic_health::pb::health_server::Health>(
         listener,
         tls.map(tokio_rustls::TlsAcceptor::from),
         handshake_timeout,
+        max_connections,
         stopped,
     );
     tonic::transport::Server::builder()
