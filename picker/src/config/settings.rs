@@ -152,8 +152,9 @@ settings! {
     max_open_decisions: usize = TableConfig::default().max_open_decisions, {
         "limits.max_open_decisions" => Int::range(1, 100_000_000);
     }
-    /// Most prompt blocks (64 bytes of prompt each) the prefix index remembers per endpoint, least
-    /// recently seen dropped first. Read at start: a reload keeps the index as it was built.
+    /// Most prompt blocks (64 bytes of prompt each) the prefix index remembers per endpoint and
+    /// model, least recently seen dropped first. A reload applies a new bound at each endpoint's
+    /// next insert.
     prefix_blocks_per_endpoint: usize = TableConfig::default().prefix_blocks_per_endpoint, {
         "limits.prefix_blocks_per_endpoint" => Int::range(1, 100_000_000);
     }

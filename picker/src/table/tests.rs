@@ -4,48 +4,9 @@ use super::*;
 use crate::table::counters::EndpointId;
 use crate::table::snapshot::shard_of;
 use inferpick_schema::LoadReport;
-use inferpick_schema::{AgentInfo, EndpointInfo, EngineKind, EngineStatus, Load, ModelEntry};
+use inferpick_schema::ModelEntry;
 
-pub(crate) const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
-
-/// A valid report for `address` serving [`MODEL`], idle.
-pub(crate) fn report(address: &str, seq: u64) -> LoadReport {
-    LoadReport {
-        schema_version: 1,
-        agent: AgentInfo {
-            id: format!("agent-{address}"),
-            version: "0.1.0".into(),
-            started_at_ms: 1_000,
-        },
-        seq,
-        sent_at_ms: 2_000,
-        interval_ms: 100,
-        endpoint: EndpointInfo {
-            address: address.into(),
-            pod: Some(format!("pod-{address}")),
-            namespace: None,
-            node: None,
-        },
-        engine: EngineStatus {
-            kind: EngineKind::Vllm,
-            ready: true,
-            error: None,
-            scrape_ms: Some(1.0),
-        },
-        models: vec![ModelEntry {
-            name: MODEL.into(),
-            adapter_of: None,
-        }],
-        load: Load {
-            requests_waiting: Some(0),
-            requests_running: Some(0),
-            kv_cache_utilization: Some(0.0),
-            kv_cache_capacity_tokens: Some(200_000),
-            ..Load::default()
-        },
-        gpus: vec![],
-    }
-}
+pub(crate) use inferpick_schema::testing::{MODEL, report};
 
 const T0: Duration = Duration::from_secs(10);
 

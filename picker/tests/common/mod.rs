@@ -7,12 +7,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use inferpick_picker::{AppState, Settings, serve};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 
-pub const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+pub use inferpick_schema::testing::MODEL;
 
 /// A picker served in this process; stopped when dropped.
 pub struct InProcess {
@@ -215,17 +215,15 @@ pub async fn table(addr: SocketAddr) -> Value {
     v
 }
 
-/// A valid report for `address`.
+/// A valid report for `address`, as JSON.
 pub fn report(address: &str, seq: u64, ready: bool) -> Value {
-    json!({
-        "schema_version": 1,
-        "agent": {"id": format!("agent-{address}"), "version": "0.1.0", "started_at_ms": 1},
-        "seq": seq, "sent_at_ms": 1, "interval_ms": 100,
-        "endpoint": {"address": address, "pod": format!("pod-{address}")},
-        "engine": {"kind": "vllm", "ready": ready},
-        "models": [{"name": MODEL}],
-        "load": {"requests_waiting": 0, "requests_running": 1, "kv_cache_utilization": 0.1}
-    })
+    let r = inferpick_schema::testing::ReportBuilder::new(address)
+        .seq(seq)
+        .ready(ready)
+        .running(1)
+        .kv_utilization(0.1)
+        .build();
+    serde_json::to_value(r).unwrap()
 }
 
 /// Polls `check` every 10 ms until it holds or `within` passes; true if it held.
