@@ -1,21 +1,21 @@
 //! inferpick's picker: ingests load reports and decides which endpoint serves each LLM request.
 //!
-//! Module map:
-//! - [`table`]: the endpoint table (`Table`, `Snapshot`, `Endpoint`), staleness, restart and
-//!   reordering detection, the in-flight estimate and `done` feedback. No I/O, time is an argument.
-//! - [`prefix`]: the approximate prefix index (chained 64-byte block hashes, LRU per endpoint).
-//! - [`scheduler`]: `Policy`, `Scheduler::pick` and the profiles (`inferpick`, `gie`,
-//!   `least-request`, `round-robin`, `random`). No I/O, time is an argument.
-//! - [`config`]: flags (`Args`) over the YAML file, resolved and validated into `Settings`.
-//! - [`service`]: `AppState` (table, scheduler, tokens, metrics), config reload, and [`run`].
-//! - [`http`]: `router(state)` — the HTTP API, its body limits, authentication and errors.
-//! - [`extproc`]: the Gateway API Inference Extension's endpoint-picker protocol (Envoy ext_proc)
-//!   on `--grpc-listen`, with the gRPC health service.
-//! - [`metrics`]: the `inferpick_picker_*` families in an explicit registry.
-//! - [`server`]: accepting connections on both listeners, TLS, and the timeouts that bound what a
-//!   client controls (handshakes, request heads, bodies, idle connections).
-//! - [`trust`]: which peer may report for which endpoint (`--trusted-proxies`).
-//! - [`tls`]: the certificate and key of `--tls-cert`/`--tls-key`.
+//! Module map, bottom up (each module imports only from those above it in its layer or below):
+//! - core, no I/O, time is an argument:
+//!   - [`table`]: the endpoint table — snapshots of the latest reports, ingest rules, per-endpoint
+//!     counters, the ledger of open decisions, the capacity estimate.
+//!   - [`prefix`]: the approximate prefix index, one per model (chained 64-byte block hashes).
+//!   - [`scheduler`]: the pick pipeline (resolve → affinity → candidates → score → saturation →
+//!     choose → record) around one [`Profile`](scheduler::Policy) per policy.
+//! - shared state: [`config`] (flags over the YAML file, each setting declared once), [`clock`],
+//!   [`metrics`] (the `inferpick_picker_*` families), [`state`] (`AppState`: table, scheduler,
+//!   settings, tokens, metrics), [`error`] (`ApiError`: code and status of every refusal).
+//! - transports: [`front`] (authenticate, build a pick request from headers and body, decide,
+//!   close — the same for every transport), [`http`] (`router(state)`, the JSON API) and
+//!   [`extproc`] (Envoy ext_proc, the Gateway API Inference Extension's protocol), siblings that
+//!   never call each other; [`server`] (accept loops, TLS, timeouts, the connection cap), [`trust`]
+//!   (who may report for which endpoint), [`tls`].
+//! - [`service`]: on top — both listeners, the background tasks, reload, and the shutdown sequence.
 //!
 //! The library and the service share one rule: the scheduler reads no clock and does no I/O, so the
 //! lab's simulator drives exactly the code the service runs.
@@ -24,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod extproc;
 pub mod front;
+mod hashing;
 pub mod http;
 pub mod metrics;
 pub mod prefix;

@@ -9,9 +9,9 @@
 //! handlers (`408 request_timeout`).
 //!
 //! gRPC: connections are accepted here (TCP_NODELAY, TLS) and handed to tonic already past their
-//! TLS handshake; [`Handshake`] closes one whose HTTP/2 preface does not follow in time.
+//! TLS handshake; `Handshake` closes one whose HTTP/2 preface does not follow in time.
 //!
-//! Each listener holds at most `--max-connections` connections ([`limit`]); at the cap it stops
+//! Each listener holds at most `--max-connections` connections (`limit`); at the cap it stops
 //! accepting until one closes.
 
 mod limit;

@@ -1,9 +1,9 @@
 //! The picker's configuration: flags (each also `INFERPICK_<FLAG>`), over an optional YAML file,
 //! over the defaults.
 //!
-//! Every setting is declared once, in [`settings`]: its `Settings` field, default, YAML key, flag
+//! Every setting is declared once, in `settings`: its `Settings` field, default, YAML key, flag
 //! (and so its env var), value kind (parser, range, how a value is shown) and doc comment, which
-//! is its `--help` text and its line in the README. The flags ([`flags`]) and the file walk
+//! is its `--help` text and its line in the README. The flags (`flags`) and the file walk
 //! ([`file`]) are generic over that table, so neither keeps a list of its own.
 //!
 //! Everything is validated in one place and every problem is reported at once, each naming where

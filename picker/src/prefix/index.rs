@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use super::HOLDERS_PER_BLOCK;
 #[cfg(test)]
 use super::{BLOCK_BYTES, block_hashes};
+use crate::hashing::KeyHashing;
 
 /// One endpoint's recency list. Entries whose stamp no longer matches `holders` are stale and are
 /// skipped (lazy deletion keeps touches O(1)).
@@ -19,8 +20,8 @@ struct Lru {
 /// intersects lists by merging), with per-endpoint LRU bounds.
 #[derive(Debug)]
 pub struct PrefixIndex {
-    holders: HashMap<u64, Vec<(u32, u64)>>,
-    lrus: HashMap<u32, Lru>,
+    holders: HashMap<u64, Vec<(u32, u64)>, KeyHashing>,
+    lrus: HashMap<u32, Lru, KeyHashing>,
     capacity: usize,
     tick: u64,
 }
@@ -29,8 +30,8 @@ impl PrefixIndex {
     /// An empty index keeping at most `capacity` blocks per endpoint.
     pub fn new(capacity: usize) -> Self {
         Self {
-            holders: HashMap::new(),
-            lrus: HashMap::new(),
+            holders: HashMap::default(),
+            lrus: HashMap::default(),
             capacity: capacity.max(1),
             tick: 0,
         }
@@ -155,7 +156,7 @@ impl PrefixIndex {
 
 /// Removes `id` from `hash`'s holders (only if its stamp is `stamp`, when given); true if removed.
 fn remove_holder(
-    holders: &mut HashMap<u64, Vec<(u32, u64)>>,
+    holders: &mut HashMap<u64, Vec<(u32, u64)>, KeyHashing>,
     hash: u64,
     id: u32,
     stamp: Option<u64>,

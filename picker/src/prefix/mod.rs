@@ -13,6 +13,8 @@ mod index;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use crate::hashing::{KeyHashing, chain};
+
 pub use index::PrefixIndex;
 
 use crate::table::{EndpointId, ModelKey};
@@ -35,11 +37,7 @@ pub fn block_hashes(prompt: &str, max_blocks: usize) -> Vec<u64> {
         .chunks_exact(BLOCK_BYTES)
         .take(max_blocks)
         .map(|block| {
-            // `DefaultHasher::new()` uses fixed keys, so hashes are stable across runs and replicas.
-            let mut h = DefaultHasher::new();
-            prev.hash(&mut h);
-            block.hash(&mut h);
-            prev = h.finish();
+            prev = chain(prev, block);
             prev
         })
         .collect()
@@ -100,7 +98,7 @@ fn lookup(list: &[(EndpointId, u32)], id: EndpointId) -> u32 {
 /// One [`PrefixIndex`] per model.
 #[derive(Debug)]
 pub(crate) struct Affinity {
-    by_model: HashMap<ModelKey, PrefixIndex>,
+    by_model: HashMap<ModelKey, PrefixIndex, KeyHashing>,
     capacity: usize,
 }
 
@@ -108,7 +106,7 @@ impl Affinity {
     /// Empty, keeping at most `capacity` blocks per endpoint and model.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            by_model: HashMap::new(),
+            by_model: HashMap::default(),
             capacity,
         }
     }
@@ -133,16 +131,28 @@ impl Affinity {
         }
     }
 
-    /// Records that `id` now holds `keys` (blocks, then the session key) in `model`'s index.
-    pub(crate) fn insert(&mut self, model: ModelKey, id: EndpointId, keys: &[u64]) {
-        if keys.is_empty() {
+    /// Records that `id` now holds `blocks` and served `session` in `model`'s index.
+    pub(crate) fn insert(
+        &mut self,
+        model: ModelKey,
+        id: EndpointId,
+        blocks: &[u64],
+        session: Option<u64>,
+    ) {
+        if blocks.is_empty() && session.is_none() {
             return;
         }
         let capacity = self.capacity;
-        self.by_model
+        let index = self
+            .by_model
             .entry(model)
-            .or_insert_with(|| PrefixIndex::new(capacity))
-            .insert(id.0, keys);
+            .or_insert_with(|| PrefixIndex::new(capacity));
+        if !blocks.is_empty() {
+            index.insert(id.0, blocks);
+        }
+        if let Some(key) = session {
+            index.insert(id.0, &[key]);
+        }
     }
 
     /// Drops everything recorded for `id`, in every model.
@@ -169,10 +179,10 @@ mod tests {
         let mut a = Affinity::new(4);
         let (m1, m2) = (ModelKey::of("m1"), ModelKey::of("m2"));
         let keys = block_hashes(&"s".repeat(4 * BLOCK_BYTES), 16);
-        a.insert(m1, EndpointId(1), &keys);
+        a.insert(m1, EndpointId(1), &keys, None);
         // Another model's traffic with the same prompt does not touch m1's holders.
         for id in 0..(HOLDERS_PER_BLOCK as u32 + 5) {
-            a.insert(m2, EndpointId(100 + id), &keys);
+            a.insert(m2, EndpointId(100 + id), &keys, None);
         }
         assert_eq!(a.holders(m1, &keys, None).prefix, vec![(EndpointId(1), 4)]);
         assert!(a.holders(ModelKey::of("m3"), &keys, None).prefix.is_empty());
@@ -181,6 +191,7 @@ mod tests {
             m1,
             EndpointId(1),
             &block_hashes(&"t".repeat(BLOCK_BYTES), 1),
+            None,
         );
         assert!(
             a.blocks_of(m1, EndpointId(1)) <= 2,

@@ -1,14 +1,14 @@
-//! The scheduler: one pipeline of stages around a pluggable [`Profile`](profile::Profile).
+//! The scheduler: one pipeline of stages around a pluggable `Profile`.
 //!
-//! 1. **resolve** ([`request`]): validate the request; the model after rewrites, the priority, the
+//! 1. **resolve** (`request`): validate the request; the model after rewrites, the priority, the
 //!    prompt's size and block hashes, the session key — once per pick.
 //! 2. **affinity**: which endpoints hold the prompt's blocks or served the session, from the
 //!    table's prefix index for that model.
-//! 3. **candidates** ([`candidates`]): one pass over the snapshot keeps the endpoints that serve
+//! 3. **candidates** (`candidates`): one pass over the snapshot keeps the endpoints that serve
 //!    the model, are ready and fresh and pass `candidates`/`exclude` (a random window of a large
 //!    pool, for profiles that allow it).
 //! 4. **score**: the profile fills each candidate's cost.
-//! 5. **saturation** ([`saturation`]): one rule; a sheddable request is refused when the whole
+//! 5. **saturation** (`saturation`): one rule; a sheddable request is refused when the whole
 //!    pool is saturated (a windowed scan is widened to the whole pool first).
 //! 6. **choose**: the profile picks the endpoint and its fallbacks.
 //! 7. **record**: the decision goes into the table (in-flight estimate, prefix index, open
@@ -281,13 +281,12 @@ impl Scheduler {
                 .routed_prefill
                 .map(|s| (duration_ns(now), (s * 1e9) as u64)),
         };
-        let keys = resolved.affinity_keys();
         table.record(
             chosen,
             decision_id.as_u128(),
             resolved.model_key,
             routed,
-            &keys,
+            (&resolved.blocks, resolved.session),
         );
         Ok(Pick {
             endpoint: chosen.address.clone(),

@@ -37,16 +37,6 @@ pub(crate) struct ResolvedRequest<'r> {
     pub(crate) endpoints: usize,
 }
 
-impl ResolvedRequest<'_> {
-    /// The keys a decision records in the prefix index: the blocks, then the session.
-    pub(crate) fn affinity_keys(&self) -> Vec<u64> {
-        let mut keys = Vec::with_capacity(self.blocks.len() + 1);
-        keys.extend_from_slice(&self.blocks);
-        keys.extend(self.session);
-        keys
-    }
-}
-
 /// Validates `r` and resolves it. `model` is where the resolved name lives (borrowed by the result).
 pub(crate) fn resolve<'r>(
     config: &SchedulerConfig,

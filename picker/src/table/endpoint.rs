@@ -123,7 +123,7 @@ pub struct Endpoint {
     pub report: Arc<LoadReport>,
     /// When it arrived, on the picker's clock.
     pub arrived_at: Duration,
-    /// Estimated prefill capacity (tokens/s), see [`capacity`]. Unknown until it has queued.
+    /// Estimated prefill capacity (tokens/s), see `capacity`. Unknown until it has queued.
     pub peak_prompt_tokens_per_second: Option<f64>,
     /// Agents that reported for this address before the current one, newest last.
     pub(crate) retired_agents: Arc<[Arc<str>]>,

@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 
 use super::counters::{Chunks, CounterCell, EndpointId, cell, saturating_sub};
+use crate::hashing::KeyHashing;
 
 /// What `done` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +40,7 @@ struct Open {
 /// Open decisions by id, oldest first out when there are more than the cap.
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
-    open: HashMap<u128, Open>,
+    open: HashMap<u128, Open, KeyHashing>,
     order: VecDeque<u128>,
 }
 

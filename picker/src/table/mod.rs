@@ -4,15 +4,15 @@
 //! Writers (ingest, forgetting) build a new copy of one shard and swap it in with `arc-swap`;
 //! readers take a [`Snapshot`] without ever waiting for a writer. What changes between reports — the
 //! in-flight estimate, the routed prefill — lives in atomics shared by every snapshot of the same
-//! endpoint ([`counters`]). Decisions are recorded in one explicit step, [`Table::record`], and
+//! endpoint (`counters`). Decisions are recorded in one explicit step, `Table::record`, and
 //! closed by [`Table::done`].
 //!
-//! - [`endpoint`]: one endpoint as of its report, and the record a pick scans.
-//! - [`snapshot`]: the published view.
-//! - [`ingest`]: which report replaces which (restarts, reordering, the cap).
-//! - [`counters`]: per-endpoint atomics and the ids that index them.
-//! - [`ledger`]: decisions open for `done` feedback.
-//! - [`capacity`]: the per-endpoint prefill capacity estimate.
+//! - `endpoint`: one endpoint as of its report, and the record a pick scans.
+//! - `snapshot`: the published view.
+//! - `ingest`: which report replaces which (restarts, reordering, the cap).
+//! - `counters`: per-endpoint atomics and the ids that index them.
+//! - `ledger`: decisions open for `done` feedback.
+//! - `capacity`: the per-endpoint prefill capacity estimate.
 //!
 //! Time is an argument everywhere (`now`, from an arbitrary origin), so the simulator can drive the
 //! same code with simulated time.
@@ -224,19 +224,19 @@ impl Table {
         lock(&self.affinity).holders(model, blocks, session)
     }
 
-    /// Records a decision: counts `routed` into `endpoint`'s in-flight estimate, remembers `keys`
-    /// (prompt blocks and session) for it in `model`'s prefix index, and keeps the decision open
-    /// for `done` feedback under `decision`.
+    /// Records a decision: counts `routed` into `endpoint`'s in-flight estimate, remembers the
+    /// prompt's `blocks` and the `session` for it in `model`'s prefix index, and keeps the decision
+    /// open for `done` feedback under `decision`.
     pub(crate) fn record(
         &self,
         endpoint: &Endpoint,
         decision: u128,
         model: ModelKey,
         routed: Routed,
-        keys: &[u64],
+        (blocks, session): (&[u64], Option<u64>),
     ) {
-        if !keys.is_empty() {
-            lock(&self.affinity).insert(model, endpoint.id(), keys);
+        if !blocks.is_empty() || session.is_some() {
+            lock(&self.affinity).insert(model, endpoint.id(), blocks, session);
         }
         let cap = self.config.load().max_open_decisions;
         lock(&self.ledger).open(

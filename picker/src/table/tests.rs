@@ -636,7 +636,7 @@ impl Table {
             prompt_tokens,
             prefill,
         };
-        self.record(e, decision, ModelKey::of(MODEL), routed, keys);
+        self.record(e, decision, ModelKey::of(MODEL), routed, (keys, None));
     }
 }
 

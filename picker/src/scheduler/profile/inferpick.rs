@@ -187,9 +187,8 @@ impl Profile for Inferpick {
         let m = &self.cost;
         let best = cands.iter().map(|c| c.cost).fold(f64::INFINITY, f64::min);
         let bound = best + (best.abs() * m.near_best_ratio).max(m.near_best_seconds);
-        let mut near: Vec<usize> = (0..cands.len())
-            .filter(|&i| cands[i].cost <= bound)
-            .collect();
+        let mut near: Vec<usize> = Vec::with_capacity(cands.len());
+        near.extend((0..cands.len()).filter(|&i| cands[i].cost <= bound));
         if near.is_empty() {
             // Only when costs are not comparable (the scheduler turns NaN into +inf first).
             near = (0..cands.len()).collect();
