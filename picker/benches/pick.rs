@@ -1,7 +1,8 @@
 //! `Scheduler::pick` at 10, 100, 1,000 and 10,000 endpoints for every profile, against round-robin
 //! on the same table. Criterion measures the means; a second pass times single picks to print the
 //! median and p99 that TESTING.md's targets are written in (`PICK_SIZES=1000` and
-//! `PICK_POLICIES=inferpick,gie` narrow that pass, e.g. to profile one case).
+//! `PICK_POLICIES=inferpick,gie` narrow that pass, e.g. to profile one case; `PICK_SCAN_LIMIT=64`
+//! sets the cost model's `scan_limit`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -16,6 +17,15 @@ use fleet::{MODEL, report};
 
 const SIZES: [usize; 4] = [10, 100, 1_000, 10_000];
 const NOW: Duration = Duration::from_secs(10);
+
+/// The scheduler configuration measured: the defaults, with `PICK_SCAN_LIMIT` if set.
+fn config() -> SchedulerConfig {
+    let mut config = SchedulerConfig::default();
+    if let Ok(n) = std::env::var("PICK_SCAN_LIMIT") {
+        config.cost.scan_limit = n.parse().expect("PICK_SCAN_LIMIT: a count");
+    }
+    config
+}
 
 fn table(n: usize) -> Table {
     let t = Table::new(TableConfig::default());
@@ -46,7 +56,7 @@ fn criterion_benches(c: &mut Criterion) {
             .measurement_time(Duration::from_secs(2));
         for policy in Policy::ALL {
             let t = table(n);
-            let s = Scheduler::new(policy, SchedulerConfig::default());
+            let s = Scheduler::new(policy, config());
             let reqs: Vec<PickRequest> = (0..64).map(request).collect();
             let mut i = 0;
             group.bench_function(BenchmarkId::from_parameter(policy.as_str()), |b| {
@@ -63,7 +73,7 @@ fn criterion_benches(c: &mut Criterion) {
 /// Median and p99 of single picks, in µs.
 fn percentiles(policy: Policy, n: usize, picks: usize) -> (f64, f64) {
     let t = table(n);
-    let s = Scheduler::new(policy, SchedulerConfig::default());
+    let s = Scheduler::new(policy, config());
     let reqs: Vec<PickRequest> = (0..64).map(request).collect();
     for i in 0..picks / 10 {
         black_box(s.pick(&t, &reqs[i % 64], NOW).unwrap());

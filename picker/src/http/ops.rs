@@ -37,17 +37,14 @@ pub(super) async fn healthz() -> &'static str {
 }
 
 pub(super) async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if state.is_draining() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: shutting down\n",
-        )
-    } else if state.is_ready() {
+    // A state exists only once the configuration is loaded, so the one way to be unready is to
+    // be shutting down.
+    if state.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: configuration not loaded\n",
+            "not ready: shutting down\n",
         )
     }
 }
