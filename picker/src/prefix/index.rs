@@ -70,7 +70,6 @@ impl PrefixIndex {
     /// Records that endpoint `id` now holds these blocks (most recent last).
     pub fn insert(&mut self, id: u32, hashes: &[u64]) {
         let mut added = 0;
-        let mut displaced = Vec::new();
         let mut touched = Vec::with_capacity(hashes.len());
         for &hash in hashes {
             self.tick += 1;
@@ -78,27 +77,30 @@ impl PrefixIndex {
             let holders = self.holders.entry(hash).or_default();
             match holders.binary_search_by_key(&id, |&(e, _)| e) {
                 Ok(i) => holders[i].1 = stamp,
-                Err(mut at) => {
-                    if holders.len() >= HOLDERS_PER_BLOCK {
-                        let oldest = (0..holders.len())
-                            .min_by_key(|&i| holders[i].1)
-                            .expect("a full holder list is not empty");
-                        displaced.push(holders.remove(oldest).0);
-                        if oldest < at {
-                            at -= 1;
-                        }
+                Err(at) if holders.len() >= HOLDERS_PER_BLOCK => {
+                    // Full: the least recent holder gives its place, and the list is rotated so
+                    // the newcomer lands where its id sorts (one move instead of two).
+                    let oldest = (0..holders.len())
+                        .min_by_key(|&i| holders[i].1)
+                        .expect("a full holder list is not empty");
+                    let displaced = std::mem::replace(&mut holders[oldest], (id, stamp)).0;
+                    if oldest < at {
+                        holders[oldest..at].rotate_left(1);
+                    } else {
+                        holders[at..=oldest].rotate_right(1);
                     }
+                    // Its recency entry goes stale and is skipped when it comes up.
+                    if let Some(l) = self.lrus.get_mut(&displaced) {
+                        l.live -= 1;
+                    }
+                    added += 1;
+                }
+                Err(at) => {
                     holders.insert(at, (id, stamp));
                     added += 1;
                 }
             }
             touched.push((hash, stamp));
-        }
-        // A displaced holder's recency entry goes stale and is skipped when it comes up.
-        for other in displaced {
-            if let Some(l) = self.lrus.get_mut(&other) {
-                l.live -= 1;
-            }
         }
         let lru = self.lrus.entry(id).or_default();
         lru.live += added;
