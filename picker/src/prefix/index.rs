@@ -119,9 +119,10 @@ impl PrefixIndex {
         if lru.order.len() > 2 * lru.live + 64 {
             let holders = &self.holders;
             lru.order.retain(|&(hash, stamp)| {
-                holders
-                    .get(&hash)
-                    .is_some_and(|hs| hs.iter().any(|&(e, s)| e == id && s == stamp))
+                holders.get(&hash).is_some_and(|hs| {
+                    hs.binary_search_by_key(&id, |&(e, _)| e)
+                        .is_ok_and(|i| hs[i].1 == stamp)
+                })
             });
         }
     }
