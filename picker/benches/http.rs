@@ -3,6 +3,12 @@
 //!
 //! The load loop is a minimal HTTP/1.1 client over raw sockets, so the client's own cost stays small
 //! next to the server's. Run with `cargo bench -p inferpick-picker --bench http`.
+//!
+//! Requests per second follow the CPU the machine's other tenants leave to this process, which can
+//! change from one 3-second run to the next. So each run also reports the CPU time the process
+//! (server, client and the kernel's loopback work on their behalf) spent per request, from
+//! `/proc/self/task/*/schedstat`: when both runs are CPU-bound, the ratio of those is the ratio
+//! of requests per second on an otherwise idle machine, and it moves much less.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,8 +125,26 @@ async fn connection(
     }
 }
 
+/// CPU time every thread of this process has run so far, if the kernel says (Linux).
+fn cpu_time() -> Option<Duration> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(ns))
+}
+
+/// What one load run measured.
+struct Rates {
+    /// Requests per second, per group.
+    per_group: Vec<f64>,
+    /// Process CPU time per request, all groups together.
+    cpu_per_request: Option<Duration>,
+}
+
 /// Requests per second over `RUN` for each group.
-async fn load(addr: SocketAddr, groups: Vec<Group>) -> Vec<f64> {
+async fn load(addr: SocketAddr, groups: Vec<Group>) -> Rates {
     let stop = Arc::new(AtomicBool::new(false));
     let counters: Vec<Arc<AtomicU64>> =
         groups.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
@@ -136,14 +160,27 @@ async fn load(addr: SocketAddr, groups: Vec<Group>) -> Vec<f64> {
         }
     }
     let start = Instant::now();
+    let cpu_start = cpu_time();
     tokio::time::sleep(RUN).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_time()
+        .zip(cpu_start)
+        .map(|(end, start)| end.saturating_sub(start));
     let counts: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     for t in tasks {
         t.await.unwrap();
     }
-    counts.into_iter().map(|n| n as f64 / elapsed).collect()
+    let total: u64 = counts.iter().sum();
+    Rates {
+        per_group: counts.into_iter().map(|n| n as f64 / elapsed).collect(),
+        cpu_per_request: cpu.filter(|_| total > 0).map(|c| c.div_f64(total as f64)),
+    }
+}
+
+/// `d` in µs, for the report.
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
 fn main() {
@@ -207,15 +244,30 @@ async fn run(endpoints: usize) {
         "HTTP on loopback, keep-alive, {CONNECTIONS} connections, {endpoints} endpoints, {}s per run",
         RUN.as_secs()
     );
-    let h1 = load(addr, vec![(CONNECTIONS, vec![health.clone()])]).await[0];
-    let p = load(addr, vec![(CONNECTIONS, vec![pick.clone()])]).await[0];
-    let h2 = load(addr, vec![(CONNECTIONS, vec![health.clone()])]).await[0];
-    let h = (h1 + h2) / 2.0;
-    println!("GET /healthz   {h:>10.0} req/s  (runs: {h1:.0}, {h2:.0})");
+    let h1 = load(addr, vec![(CONNECTIONS, vec![health.clone()])]).await;
+    let p = load(addr, vec![(CONNECTIONS, vec![pick.clone()])]).await;
+    let h2 = load(addr, vec![(CONNECTIONS, vec![health.clone()])]).await;
+    let (h1_rate, h2_rate, p_rate) = (h1.per_group[0], h2.per_group[0], p.per_group[0]);
+    let h = (h1_rate + h2_rate) / 2.0;
+    println!("GET /healthz   {h:>10.0} req/s  (runs: {h1_rate:.0}, {h2_rate:.0})");
     println!(
-        "POST /v1/pick  {p:>10.0} req/s  = {:.0}% of /healthz (target >= 70%)",
-        100.0 * p / h
+        "POST /v1/pick  {p_rate:>10.0} req/s  = {:.0}% of /healthz (target >= 70%)",
+        100.0 * p_rate / h
     );
+    if let (Some(h1), Some(h2), Some(p)) =
+        (h1.cpu_per_request, h2.cpu_per_request, p.cpu_per_request)
+    {
+        let h = (h1 + h2) / 2;
+        println!(
+            "CPU per request: /healthz {:.1} µs (runs: {:.1}, {:.1}), /v1/pick {:.1} µs \
+             = {:.0}% of /healthz's rate when CPU-bound",
+            micros(h),
+            micros(h1),
+            micros(h2),
+            micros(p),
+            100.0 * h.as_secs_f64() / p.as_secs_f64()
+        );
+    }
     refresher.abort();
 
     // Ingest while serving picks: 4 connections push arrays of BATCH reports with rising seq.
@@ -243,7 +295,8 @@ async fn run(endpoints: usize) {
         addr,
         vec![(pushers, batches), (CONNECTIONS - pushers, vec![pick])],
     )
-    .await;
+    .await
+    .per_group;
     println!(
         "ingest while picking: {:>10.0} reports/s ({BATCH} per request; target >= 50,000) with {:.0} picks/s",
         rates[0] * BATCH as f64,

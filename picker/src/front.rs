@@ -2,8 +2,6 @@
 //! headers and body into a pick request, decide (counting the outcome), close a decision. HTTP and
 //! ext_proc both call it; neither calls the other.
 
-use std::time::Instant;
-
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use inferpick_schema::PickRequest;
@@ -16,14 +14,14 @@ use crate::table::DoneOutcome;
 /// Runs the scheduler and counts the outcome.
 pub fn decide(state: &AppState, request: &PickRequest, explain: bool) -> Result<Pick, ApiError> {
     let scheduler = state.scheduler();
-    let started = Instant::now();
     let now = state.now();
     let result = if explain {
         scheduler.pick_explained(state.table(), request, now)
     } else {
         scheduler.pick(state.table(), request, now)
     };
-    let seconds = started.elapsed().as_secs_f64();
+    // The picker's clock is monotonic: the pick's `now` is also when it started.
+    let seconds = state.now().saturating_sub(now).as_secs_f64();
     // Only models the table knows become label values: unknown names are the client's to choose.
     match &result {
         Ok(p) => state
@@ -154,29 +152,31 @@ fn openai_prompt(body: &serde_json::Value) -> Option<String> {
 
 /// Checks `Authorization: Bearer <token>` when `scope` has a token configured.
 pub fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
-    let Some(expected) = state.token(scope) else {
-        return Ok(());
-    };
-    let Some(value) = headers.get(AUTHORIZATION) else {
-        return Err(ApiError::Unauthorized(
-            "missing Authorization: Bearer <token> header".into(),
-        ));
-    };
-    let given = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match given {
-        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::Unauthorized("wrong bearer token".into())),
-        None => Err(ApiError::Unauthorized(
-            "Authorization header is not `Bearer <token>`".into(),
-        )),
-    }
+    state.with_token(scope, |expected| {
+        let Some(expected) = expected else {
+            return Ok(());
+        };
+        let Some(value) = headers.get(AUTHORIZATION) else {
+            return Err(ApiError::Unauthorized(
+                "missing Authorization: Bearer <token> header".into(),
+            ));
+        };
+        let given = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        match given {
+            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(_) => Err(ApiError::Unauthorized("wrong bearer token".into())),
+            None => Err(ApiError::Unauthorized(
+                "Authorization header is not `Bearer <token>`".into(),
+            )),
+        }
+    })
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a token matched.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 use prometheus_client::registry::Registry;
 
 use crate::clock::Clock;
@@ -104,9 +104,10 @@ impl AppState {
         &self.inner.table
     }
 
-    /// The scheduler in force.
-    pub fn scheduler(&self) -> Arc<Scheduler> {
-        self.inner.scheduler.load_full()
+    /// The scheduler in force, for as long as the guard is held (hold it briefly). A guard
+    /// rather than an `Arc`: no reference count that every pick on every core would write.
+    pub fn scheduler(&self) -> Guard<Arc<Scheduler>> {
+        self.inner.scheduler.load()
     }
 
     /// The settings in force.
@@ -152,13 +153,15 @@ impl AppState {
         out
     }
 
-    /// The bearer token `scope` requires, if one is configured.
-    pub fn token(&self, scope: Scope) -> Option<String> {
+    /// Calls `f` with the bearer token `scope` requires, if one is configured; borrowed, so
+    /// checking a request does not copy the token.
+    pub fn with_token<R>(&self, scope: Scope, f: impl FnOnce(Option<&str>) -> R) -> R {
         let t = self.inner.tokens.load();
-        match scope {
-            Scope::Report => t.report.as_ref().map(|t| t.value.clone()),
-            Scope::Pick => t.pick.as_ref().map(|t| t.value.clone()),
-        }
+        let token = match scope {
+            Scope::Report => &t.report,
+            Scope::Pick => &t.pick,
+        };
+        f(token.as_ref().map(|t| t.value.as_str()))
     }
 
     /// Puts new settings in force. Listen addresses only change with a restart.

@@ -6,6 +6,8 @@ mod ops;
 mod pick;
 mod reports;
 
+use std::task::Poll;
+
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::routing::{any, get, post};
@@ -54,10 +56,19 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let timeout = state.settings().request_timeout;
-    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
-        .await
-        .map_err(|_| ApiError::RequestTimeout(timeout))?;
+    let read = axum::body::to_bytes(body, limit);
+    tokio::pin!(read);
+    // A pick's body usually comes in the same segment as its head and is there at the first
+    // poll: only a body still on its way needs the timer (and the settings, for its length).
+    let read = match futures::poll!(read.as_mut()) {
+        Poll::Ready(read) => read,
+        Poll::Pending => {
+            let timeout = state.settings().request_timeout;
+            tokio::time::timeout(timeout, read)
+                .await
+                .map_err(|_| ApiError::RequestTimeout(timeout))?
+        }
+    };
     read.map_err(|e| {
         let inner = e.into_inner();
         if inner
@@ -77,13 +88,12 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
         return Ok(());
     };
     let text = value.to_str().unwrap_or("");
-    let essence = text
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if essence == "application/json" || essence.ends_with("+json") {
+    let essence = text.split(';').next().unwrap_or("").trim().as_bytes();
+    let suffix = b"+json";
+    if essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() >= suffix.len()
+            && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
+    {
         Ok(())
     } else {
         Err(ApiError::UnsupportedMediaType(text.to_string()))
