@@ -24,8 +24,18 @@ pub(crate) struct ShardView {
 }
 
 impl ShardView {
-    pub(crate) fn new(entries: Vec<Arc<Endpoint>>) -> Self {
-        let records = entries.iter().map(|e| ScanRecord::of(e)).collect();
+    /// The view that follows `previous` with `entries`: an entry that sits at the same index in
+    /// both keeps its record (a record is a function of its immutable entry), the others get a
+    /// new one.
+    pub(crate) fn succeed(previous: &ShardView, entries: Vec<Arc<Endpoint>>) -> Self {
+        let records = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| match previous.entries.get(i) {
+                Some(p) if Arc::ptr_eq(p, e) => previous.records[i].clone(),
+                _ => ScanRecord::of(e),
+            })
+            .collect();
         Self { entries, records }
     }
 
