@@ -183,10 +183,8 @@ impl Table {
         // Every id in `view` was handed out before this, so its chunk is in the list.
         let chunks = lock(&self.ids).chunks();
         let current = self.published.load();
-        let mut shards = current.shards.clone();
-        shards[i] = view;
         self.published.store(Arc::new(Snapshot {
-            shards,
+            shards: current.shards.with(i, view),
             chunks,
             max_report_age: current.max_report_age,
         }));

@@ -426,6 +426,8 @@ fn model_keys_find_every_listed_model_and_its_kind() {
 fn assert_hot_mirrors_entries(s: &Snapshot) {
     assert_eq!(s.len(), s.iter().count());
     assert_eq!(s.shards.len(), SHARDS);
+    assert_eq!(s.shards.iter().count(), SHARDS);
+    assert_eq!((&s.shards).into_iter().count(), SHARDS);
     for (k, shard) in s.shards.iter().enumerate() {
         assert_eq!(shard.records.len(), shard.entries.len());
         for (i, (h, e)) in shard.records.iter().zip(&shard.entries).enumerate() {
