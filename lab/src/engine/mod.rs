@@ -10,11 +10,13 @@ mod kv;
 mod lora;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::idmap::IdMap;
 
 pub use kv::BlockPool;
 pub use lora::{Admit, LoraSlots};
@@ -307,7 +309,7 @@ pub struct Engine {
     loras: LoraSlots,
     seqs: Vec<Option<Seq>>,
     free_slots: Vec<usize>,
-    by_id: HashMap<u64, usize>,
+    by_id: IdMap<usize>,
     waiting: VecDeque<usize>,
     /// Running sequences in admission order (the last is preempted first).
     running: Vec<usize>,
@@ -341,7 +343,7 @@ impl Engine {
             loras,
             seqs: Vec::new(),
             free_slots: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: IdMap::default(),
             waiting: VecDeque::new(),
             running: Vec::new(),
             prefilling: Vec::new(),

@@ -10,7 +10,7 @@ pub mod capacity;
 mod results;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use inferpick_schema::{
 };
 
 use crate::engine::{Counters, Engine, EngineConfig, EngineEvent, SeqSpec};
+use crate::idmap::IdMap;
 use crate::workload::{Generator, Request, Workload, adapter_name, prompt_text};
 
 pub use results::{E2e, PolicyResult, Samples, SimReport, Ttft, ms, percentile};
@@ -177,11 +178,10 @@ enum Router {
 struct Run<'a> {
     config: &'a SimConfig,
     pods: Vec<Pod>,
-    by_address: HashMap<String, u32>,
     router: Router,
     heap: BinaryHeap<Reverse<(Duration, u64, Event)>>,
     tiebreak: u64,
-    live: HashMap<u64, InFlight>,
+    live: IdMap<InFlight>,
     samples: Samples,
     models: Vec<ModelEntry>,
     adapter_names: Vec<String>,
@@ -266,6 +266,27 @@ pub fn pod_address(i: u32) -> String {
     format!("10.{}.{}.{}:8000", (i >> 16) & 255, (i >> 8) & 255, i & 255)
 }
 
+/// The pod whose [`pod_address`] is `address` (pods 0 to 2^24 − 1): read back from the address
+/// rather than looked up by it, since every pick needs it.
+pub fn pod_of(address: &str) -> Option<u32> {
+    let host = address.strip_prefix("10.")?.strip_suffix(":8000")?;
+    let mut octets = host.split('.');
+    let mut pod = 0u32;
+    for _ in 0..3 {
+        let octet = octets.next()?;
+        // Only what `pod_address` writes: decimal digits, no sign, no leading zero.
+        let canonical = !octet.is_empty()
+            && octet.bytes().all(|b| b.is_ascii_digit())
+            && (octet == "0" || !octet.starts_with('0'));
+        if !canonical {
+            return None;
+        }
+        let octet: u8 = octet.parse().ok()?;
+        pod = (pod << 8) | u32::from(octet);
+    }
+    octets.next().is_none().then_some(pod)
+}
+
 impl<'a> Run<'a> {
     fn new(config: &'a SimConfig, policy: SimPolicy) -> Self {
         let mut engine = config.engine.clone();
@@ -285,11 +306,6 @@ impl<'a> Run<'a> {
                 hit_ratio: None,
                 pending: VecDeque::new(),
             })
-            .collect();
-        let by_address = pods
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.address.clone(), i as u32))
             .collect();
         let adapter_names = config.workload.adapter_names();
         let mut models = vec![ModelEntry {
@@ -316,11 +332,10 @@ impl<'a> Run<'a> {
         let mut run = Run {
             config,
             pods,
-            by_address,
             router,
             heap: BinaryHeap::new(),
             tiebreak: 0,
-            live: HashMap::new(),
+            live: IdMap::default(),
             samples: Samples::default(),
             models,
             adapter_names,
@@ -451,10 +466,10 @@ impl<'a> Run<'a> {
             ..PickRequest::default()
         };
         let pick = scheduler.pick(table, &request, now)?;
-        Ok((
-            self.by_address[&*pick.endpoint],
-            Some(pick.decision_id.as_u128()),
-        ))
+        let pod = pod_of(&pick.endpoint)
+            .filter(|&p| p < self.config.pods)
+            .expect("the picker picks among the pods' addresses");
+        Ok((pod, Some(pick.decision_id.as_u128())))
     }
 
     fn close_decision(&self, decision: Option<u128>, now: Duration) {

@@ -87,3 +87,22 @@ fn pod_addresses_are_distinct_host_ports() {
     assert_eq!(pod_address(999), "10.0.3.231:8000");
     inferpick_schema::report::check_address(&pod_address(70_000)).unwrap();
 }
+
+#[test]
+fn pod_addresses_read_back_to_their_pod() {
+    for i in (0..70_000).chain([(1 << 24) - 1]) {
+        assert_eq!(pod_of(&pod_address(i)), Some(i), "{}", pod_address(i));
+    }
+    for other in [
+        "10.0.0.1:8001",
+        "11.0.0.1:8000",
+        "10.0.0.01:8000",
+        "10.0.+1.1:8000",
+        "10.0.0.256:8000",
+        "10.0.0.1.1:8000",
+        "10.0..1:8000",
+        "10.0.1:8000",
+    ] {
+        assert_eq!(pod_of(other), None, "{other}");
+    }
+}

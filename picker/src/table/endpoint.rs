@@ -70,7 +70,7 @@ pub(crate) fn name_hash(name: &str) -> u64 {
 }
 
 /// The keys of the model names an endpoint lists, the first two inline.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ModelKeys {
     first: [ModelKey; 2],
     rest: Box<[ModelKey]>,
@@ -97,6 +97,21 @@ impl ModelKeys {
             rest: keys.iter().skip(2).copied().collect(),
             len: keys.len(),
             adapters,
+        }
+    }
+
+    /// The keys of `models` when they list what `previous` listed (the usual report: no model
+    /// came or went), without hashing the names again.
+    fn reuse(previous: &[ModelEntry], keys: &ModelKeys, models: &[ModelEntry]) -> Self {
+        let same = previous.len() == models.len()
+            && previous
+                .iter()
+                .zip(models)
+                .all(|(p, m)| p.name == m.name && p.adapter_of.is_some() == m.adapter_of.is_some());
+        if same {
+            keys.clone()
+        } else {
+            Self::new(models)
         }
     }
 
@@ -140,14 +155,57 @@ impl Endpoint {
         retired_agents: Arc<[Arc<str>]>,
         counters: EndpointCounters,
     ) -> Self {
+        let address = report.endpoint.address.as_str().into();
+        let model_keys = ModelKeys::new(&report.models);
+        Self::with_keys(
+            report,
+            arrived_at,
+            previous_peak,
+            retired_agents,
+            counters,
+            address,
+            model_keys,
+        )
+    }
+
+    /// The entry that replaces `self` with `report` (same address): it continues the capacity
+    /// estimate and the counters, and shares what did not change (the address, the model keys).
+    pub(crate) fn succeed(
+        &self,
+        report: LoadReport,
+        arrived_at: Duration,
+        retired_agents: Arc<[Arc<str>]>,
+    ) -> Self {
+        debug_assert_eq!(*self.address, *report.endpoint.address);
+        let model_keys = ModelKeys::reuse(&self.report.models, &self.model_keys, &report.models);
+        Self::with_keys(
+            report,
+            arrived_at,
+            self.peak_prompt_tokens_per_second,
+            retired_agents,
+            self.counters.clone(),
+            self.address.clone(),
+            model_keys,
+        )
+    }
+
+    fn with_keys(
+        report: LoadReport,
+        arrived_at: Duration,
+        previous_peak: Option<f64>,
+        retired_agents: Arc<[Arc<str>]>,
+        counters: EndpointCounters,
+        address: Arc<str>,
+        model_keys: ModelKeys,
+    ) -> Self {
         let peak = capacity::next(
             previous_peak,
             report.load.prompt_tokens_per_second,
             report.load.requests_waiting.unwrap_or(0),
         );
         Self {
-            address: report.endpoint.address.as_str().into(),
-            model_keys: ModelKeys::new(&report.models),
+            address,
+            model_keys,
             report: Arc::new(report),
             arrived_at,
             peak_prompt_tokens_per_second: peak,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use inferpick_schema::{LoadReport, ValidationError};
 
 use super::endpoint::{Endpoint, duration_ns};
-use super::snapshot::{SHARDS, shard_of};
+use super::snapshot::shard_of;
 use super::{Table, lock};
 
 /// How far past its arrival a report showing an empty queue lets the routed prefill backlog run.
@@ -142,27 +142,26 @@ impl Table {
             })?;
         }
         let mut outcomes = vec![IngestOutcome::OutOfOrder; reports.len()];
-        let mut by_shard: Vec<Vec<(usize, LoadReport)>> = Vec::new();
-        by_shard.resize_with(SHARDS, Vec::new);
-        for (i, r) in reports.into_iter().enumerate() {
-            by_shard[shard_of(&r.endpoint.address)].push((i, r));
-        }
+        // The reports grouped by shard, in shard order and, within a shard, in batch order.
+        let mut by_shard: Vec<(usize, usize, LoadReport)> = reports
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (shard_of(&r.endpoint.address), i, r))
+            .collect();
+        by_shard.sort_by_key(|&(s, i, _)| (s, i));
         // Every touched shard's writer lock, taken in shard order (so concurrent pushes cannot
         // deadlock) and held until the batch is applied: the new endpoints counted below stay new.
-        let writers: Vec<_> = self
-            .writers
-            .iter()
-            .zip(&by_shard)
-            .map(|(w, group)| (!group.is_empty()).then(|| lock(w)))
-            .collect();
+        let mut writers = Vec::new();
+        for group in by_shard.chunk_by(|a, b| a.0 == b.0) {
+            writers.push(lock(&self.writers[group[0].0]));
+        }
         self.reserve(&by_shard)?;
-        for (s, group) in by_shard.into_iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let mut entries: Vec<Arc<Endpoint>> = self.shard_view(s).entries.clone();
+        let mut reports = by_shard.into_iter().peekable();
+        while let Some(&(s, _, _)) = reports.peek() {
+            let view = self.shard_view(s);
+            let mut entries: Vec<Arc<Endpoint>> = view.entries.clone();
             let mut changed = false;
-            for (i, report) in group {
+            while let Some((_, i, report)) = reports.next_if(|r| r.0 == s) {
                 let outcome = self.apply(&mut entries, report, now);
                 changed |= outcome.accepted();
                 outcomes[i] = outcome;
@@ -175,19 +174,16 @@ impl Table {
         Ok(outcomes)
     }
 
-    /// Counts the distinct endpoints of `by_shard` the table does not hold yet and reserves room
-    /// for them under the cap, or refuses the whole push. The caller holds the touched shards'
-    /// writer locks.
-    fn reserve(&self, by_shard: &[Vec<(usize, LoadReport)>]) -> Result<(), IngestError> {
+    /// Counts the distinct endpoints of `by_shard` (grouped by shard) the table does not hold yet
+    /// and reserves room for them under the cap, or refuses the whole push. The caller holds the
+    /// touched shards' writer locks.
+    fn reserve(&self, by_shard: &[(usize, usize, LoadReport)]) -> Result<(), IngestError> {
         let mut new = 0usize;
         let mut first: Option<(usize, &str)> = None;
-        for (s, group) in by_shard.iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let view = self.shard_view(s);
+        for group in by_shard.chunk_by(|a, b| a.0 == b.0) {
+            let view = self.shard_view(group[0].0);
             let mut seen: Vec<&str> = Vec::new();
-            for (i, r) in group {
+            for (_, i, r) in group {
                 let address = r.endpoint.address.as_str();
                 if view.find(address).is_err() && !seen.contains(&address) {
                     seen.push(address);
@@ -262,13 +258,7 @@ impl Table {
                 duration_ns(now).saturating_add(duration_ns(IDLE_REPORT_PREFILL_BOUND)),
             );
         }
-        let entry = Endpoint::new(
-            report,
-            now,
-            prev.peak_prompt_tokens_per_second,
-            retired,
-            prev.counters.clone(),
-        );
+        let entry = prev.succeed(report, now, retired);
         entries[pos] = Arc::new(entry);
         outcome
     }

@@ -161,21 +161,30 @@ impl Table {
 
     /// Replaces shard `i` in the published table. The caller holds that shard's writer lock.
     fn publish_shard(&self, i: usize, entries: Vec<Arc<Endpoint>>) {
+        // The view being replaced (stable under the writer lock): an entry found at the same
+        // index there keeps its position and its scan record, so only what changed is redone.
+        let previous = self.shard_view(i);
         for (index, e) in entries.iter().enumerate() {
+            if previous
+                .entries
+                .get(index)
+                .is_some_and(|p| Arc::ptr_eq(p, e))
+            {
+                continue;
+            }
             e.counters
                 .cell()
                 .position
                 .store(((i as u64) << 32) | index as u64, Ordering::Release);
         }
-        let view = Arc::new(ShardView::new(entries));
+        let view = Arc::new(ShardView::succeed(&previous, entries));
+        drop(previous);
         let _publishing = lock(&self.publish);
         // Every id in `view` was handed out before this, so its chunk is in the list.
         let chunks = lock(&self.ids).chunks();
         let current = self.published.load();
-        let mut shards = current.shards.clone();
-        shards[i] = view;
         self.published.store(Arc::new(Snapshot {
-            shards,
+            shards: current.shards.with(i, view),
             chunks,
             max_report_age: current.max_report_age,
         }));

@@ -421,12 +421,26 @@ fn model_keys_find_every_listed_model_and_its_kind() {
     assert_ne!(ModelKey::of("a"), ModelKey::of("b"));
 }
 
-/// Every shard's hot records mirror its endpoints, in order.
+/// Every shard's hot records mirror its endpoints, in order, and every endpoint's counters know
+/// where it sits.
 fn assert_hot_mirrors_entries(s: &Snapshot) {
-    for shard in &s.shards {
+    assert_eq!(s.len(), s.iter().count());
+    assert_eq!(s.shards.len(), SHARDS);
+    assert_eq!(s.shards.iter().count(), SHARDS);
+    assert_eq!((&s.shards).into_iter().count(), SHARDS);
+    for (k, shard) in s.shards.iter().enumerate() {
         assert_eq!(shard.records.len(), shard.entries.len());
-        for (h, e) in shard.records.iter().zip(&shard.entries) {
+        for (i, (h, e)) in shard.records.iter().zip(&shard.entries).enumerate() {
             assert_eq!(h.id, e.id(), "{}", e.address);
+            assert_eq!(
+                s.locate(h.id),
+                Some(Slot {
+                    shard: k as u32,
+                    index: i as u32
+                }),
+                "{}",
+                e.address
+            );
             assert_eq!(h.arrived_ns, duration_ns(e.arrived_at));
             assert_eq!(h.ready, e.report.engine.ready);
             assert_eq!(h.waiting, e.report.load.requests_waiting.unwrap_or(0));
@@ -454,6 +468,12 @@ fn hot_records_follow_ingest_restart_staleness_and_forget() {
         .map(|i| report(&format!("10.1.0.{i}:8000"), 1))
         .collect();
     t.ingest_batch(batch, T0).unwrap();
+    assert_hot_mirrors_entries(&t.snapshot());
+    // Endpoints added one at a time, sorting before those already in their shards.
+    for i in 0..40 {
+        t.ingest(report(&format!("10.0.9.{i}:8000"), 1), T0)
+            .unwrap();
+    }
     assert_hot_mirrors_entries(&t.snapshot());
 
     // Updates: new signals, a second model, not ready.
@@ -514,10 +534,49 @@ fn hot_records_follow_ingest_restart_staleness_and_forget() {
     );
 
     // Forgetting drops the records with their endpoints.
-    assert_eq!(t.forget_silent(T0 + Duration::from_millis(60_400)), 199);
+    assert_eq!(t.forget_silent(T0 + Duration::from_millis(60_400)), 239);
     let s = t.snapshot();
     assert_eq!(s.len(), 1);
     assert_hot_mirrors_entries(&s);
+}
+
+#[test]
+fn an_update_that_changes_the_model_list_changes_what_the_endpoint_serves() {
+    let t = Table::new(TableConfig::default());
+    let addr = "10.0.0.1:8000";
+    let lora = |name: &str| ModelEntry {
+        name: name.into(),
+        adapter_of: Some(MODEL.into()),
+    };
+    let mut r = report(addr, 1);
+    r.models.extend([lora("a"), lora("b"), lora("c")]);
+    t.ingest(r, T0).unwrap();
+    // Same names, same order: the keys carry over.
+    let mut r = report(addr, 2);
+    r.models.extend([lora("a"), lora("b"), lora("c")]);
+    t.ingest(r, T0).unwrap();
+    let serves = |name: &str| t.snapshot().get(addr).unwrap().serves(ModelKey::of(name));
+    assert_eq!(serves("c"), Some(true));
+    // One adapter replaced, one listed as a base model now.
+    let mut r = report(addr, 3);
+    r.models.extend([
+        lora("a"),
+        ModelEntry {
+            name: "b".into(),
+            adapter_of: None,
+        },
+        lora("d"),
+    ]);
+    t.ingest(r, T0).unwrap();
+    assert_eq!(serves("a"), Some(true));
+    assert_eq!(serves("b"), Some(false));
+    assert_eq!(serves("c"), None);
+    assert_eq!(serves("d"), Some(true));
+    // Fewer models.
+    t.ingest(report(addr, 4), T0).unwrap();
+    assert_eq!(serves(MODEL), Some(false));
+    assert_eq!(serves("a"), None);
+    assert_hot_mirrors_entries(&t.snapshot());
 }
 
 #[test]
