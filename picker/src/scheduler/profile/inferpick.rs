@@ -61,7 +61,9 @@ pub struct CostModel {
     pub near_best_seconds: f64,
     /// Pools larger than this are scored on a random window of this many ready endpoints, plus
     /// every endpoint the prefix index or the session names; the near-best sample is drawn from
-    /// those. Shedding is still decided on the whole pool. 0 scores every endpoint.
+    /// those. Shedding is still decided on the whole pool. 0 scores every endpoint. 64 by
+    /// default: in the lab's 1,000-pod runs (`chat`, `mixed`, `shared-prefix`, load 0.85) it
+    /// routes as well as 128 (TTFT p50 and p99 within 1%) at about 20% less time per pick.
     pub scan_limit: usize,
 }
 
@@ -82,7 +84,7 @@ impl Default for CostModel {
             power_of_k: 2,
             near_best_ratio: 0.1,
             near_best_seconds: 0.005,
-            scan_limit: 128,
+            scan_limit: 64,
         }
     }
 }
