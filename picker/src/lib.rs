@@ -1,10 +1,10 @@
 //! inferpick's picker: ingests load reports and decides which endpoint serves each LLM request.
 //!
-//! Module map, bottom up (each module imports only from those above it in its layer or below):
+//! Module map, bottom up (a module imports only modules listed before it; no import cycle):
 //! - core, no I/O, time is an argument:
+//!   - [`prefix`]: prompt block hashing (chained 64-byte blocks) and the approximate prefix index.
 //!   - [`table`]: the endpoint table — snapshots of the latest reports, ingest rules, per-endpoint
-//!     counters, the ledger of open decisions, the capacity estimate.
-//!   - [`prefix`]: the approximate prefix index, one per model (chained 64-byte block hashes).
+//!     counters, the ledger of open decisions, the capacity estimate, one prefix index per model.
 //!   - [`scheduler`]: the pick pipeline (resolve → affinity → candidates → score → saturation →
 //!     choose → record) around one [`Profile`](scheduler::Policy) per policy.
 //! - shared state: [`config`] (flags over the YAML file, each setting declared once), [`clock`],

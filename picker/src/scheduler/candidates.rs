@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use super::profile::Reads;
 use super::request::ResolvedRequest;
-use crate::prefix::Holders;
 use crate::table::{
-    Endpoint, EndpointState, Inflight, ModelKey, ScanRecord, ShardView, Slot, Snapshot,
+    Endpoint, EndpointState, Holders, Inflight, ModelKey, ScanRecord, ShardView, Slot, Snapshot,
 };
 
 /// How the requested model relates to an endpoint's adapters.

@@ -39,8 +39,7 @@ pub use explain::{Excluded, Explain, ExplainedCandidate};
 pub use profile::{CostModel, Policy, UnknownPolicy};
 pub use saturation::Saturation;
 
-use crate::prefix::Holders;
-use crate::table::{Endpoint, Routed, Slot, Snapshot, Table, duration_ns};
+use crate::table::{Endpoint, Holders, Routed, Slot, Snapshot, Table, duration_ns};
 use candidates::{Candidate, CandidateBuffer, Scan};
 use profile::{Parts, Profile};
 use request::ResolvedRequest;

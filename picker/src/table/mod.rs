@@ -13,10 +13,12 @@
 //! - `counters`: per-endpoint atomics and the ids that index them.
 //! - `ledger`: decisions open for `done` feedback.
 //! - `capacity`: the per-endpoint prefill capacity estimate.
+//! - `affinity`: the prefix index of each model (which endpoint probably holds which blocks).
 //!
 //! Time is an argument everywhere (`now`, from an arbitrary origin), so the simulator can drive the
 //! same code with simulated time.
 
+mod affinity;
 mod capacity;
 mod counters;
 mod endpoint;
@@ -40,7 +42,9 @@ pub(crate) use endpoint::{ScanRecord, duration_ns};
 pub(crate) use ledger::Routed;
 pub(crate) use snapshot::{ShardView, Slot};
 
-use crate::prefix::{Affinity, Holders};
+pub(crate) use affinity::Holders;
+
+use affinity::Affinity;
 use counters::IdAllocator;
 use ledger::Ledger;
 use snapshot::SHARDS;
