@@ -1,20 +1,21 @@
 //! inferpick's picker: ingests load reports and decides which endpoint serves each LLM request.
 //!
-//! Module map, bottom up (a module imports only modules listed before it; no import cycle):
+//! Module map, in layers (a module imports only from its own layer or those below it; there is
+//! no import cycle):
 //! - core, no I/O, time is an argument:
 //!   - [`prefix`]: prompt block hashing (chained 64-byte blocks) and the approximate prefix index.
 //!   - [`table`]: the endpoint table — snapshots of the latest reports, ingest rules, per-endpoint
 //!     counters, the ledger of open decisions, the capacity estimate, one prefix index per model.
 //!   - [`scheduler`]: the pick pipeline (resolve → affinity → candidates → score → saturation →
-//!     choose → record) around one [`Profile`](scheduler::Policy) per policy.
-//! - shared state: [`config`] (flags over the YAML file, each setting declared once), [`clock`],
-//!   [`metrics`] (the `inferpick_picker_*` families), [`state`] (`AppState`: table, scheduler,
-//!   settings, tokens, metrics), [`error`] (`ApiError`: code and status of every refusal).
+//!     choose → record) around one profile per policy.
+//! - shared state: [`config`] (flags over the YAML file, each setting declared once), [`trust`]
+//!   (who may report for which endpoint), [`tls`], [`clock`], [`metrics`] (the
+//!   `inferpick_picker_*` families), [`state`] (`AppState`: table, scheduler, settings, tokens,
+//!   metrics), [`error`] (`ApiError`: code and status of every refusal).
 //! - transports: [`front`] (authenticate, build a pick request from headers and body, decide,
-//!   close — the same for every transport), [`http`] (`router(state)`, the JSON API) and
+//!   close — the same for every transport), then [`http`] (`router(state)`, the JSON API) and
 //!   [`extproc`] (Envoy ext_proc, the Gateway API Inference Extension's protocol), siblings that
-//!   never call each other; [`server`] (accept loops, TLS, timeouts, the connection cap), [`trust`]
-//!   (who may report for which endpoint), [`tls`].
+//!   never call each other, over [`server`] (accept loops, TLS, timeouts, the connection cap).
 //! - [`service`]: on top — both listeners, the background tasks, reload, and the shutdown sequence.
 //!
 //! The library and the service share one rule: the scheduler reads no clock and does no I/O, so the
