@@ -157,7 +157,16 @@ impl Engine {
     }
 
     /// The models the engine lists at `/v1/models` (or TGI's `/info`); `None` when it lists none.
+    /// Both reads together take at most the scrape timeout: the listing runs beside every scrape
+    /// while the engine has listed no names, and a hanging engine must not stretch the interval.
     pub async fn models(&self) -> Option<Vec<ModelEntry>> {
+        tokio::time::timeout(self.timeout, self.list_models())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn list_models(&self) -> Option<Vec<ModelEntry>> {
         let at = |path: &str| {
             let mut u = self.metrics.clone();
             u.set_path(path);
