@@ -10,13 +10,11 @@ mod kv;
 mod lora;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-
-use crate::idmap::IdMap;
 
 pub use kv::BlockPool;
 pub use lora::{Admit, LoraSlots};
@@ -337,7 +335,7 @@ pub struct Engine {
     /// Slots by request id: built at the first lookup by id ([`generated`](Self::generated),
     /// [`cancel`](Self::cancel)) and kept from then on. The simulator never looks a request up
     /// by id, and keeping the map cost it a cache miss per request submitted and finished.
-    by_id: Option<IdMap<usize>>,
+    by_id: Option<HashMap<u64, usize>>,
     waiting: VecDeque<usize>,
     /// Running sequences in admission order (the last is preempted first).
     running: Vec<usize>,

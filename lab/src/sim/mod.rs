@@ -7,6 +7,7 @@
 //! Deterministic for a seed: one thread per policy, and every random choice seeded.
 
 pub mod capacity;
+mod live;
 mod results;
 
 use std::cmp::Ordering;
@@ -24,8 +25,8 @@ use inferpick_schema::{
 };
 
 use crate::engine::{Counters, Engine, EngineConfig, EngineEvent, SeqSpec};
-use crate::idmap::IdMap;
 use crate::workload::{Generator, Request, Workload, adapter_name, prompt_text};
+use live::Live;
 
 pub use results::{E2e, PolicyResult, Samples, SimReport, Ttft, ms, percentile};
 
@@ -211,7 +212,8 @@ struct Run<'a> {
     router: Router,
     heap: BinaryHeap<Scheduled>,
     tiebreak: u64,
-    live: IdMap<InFlight>,
+    /// Requests in flight; the key of each is the sequence id its engine knows it by.
+    live: Live<InFlight>,
     samples: Samples,
     models: Vec<ModelEntry>,
     adapter_names: Vec<String>,
@@ -273,7 +275,7 @@ pub fn run_policy(config: &SimConfig, policy: SimPolicy) -> PolicyResult {
     let tokens_at_end = tokens_at_end.unwrap_or_else(|| run.generated_tokens());
     let tokens = tokens_at_end - tokens_at_warmup.unwrap_or(0);
     // Requests still unfinished when the run stops count with the latency they had reached.
-    let cut: Vec<InFlight> = run.live.drain().map(|(_, f)| f).collect();
+    let cut: Vec<InFlight> = run.live.drain().collect();
     for f in cut.into_iter().filter(|f| f.measured) {
         let ttft = f.first_token.unwrap_or(stop) - f.arrival;
         run.samples
@@ -366,7 +368,7 @@ impl<'a> Run<'a> {
             router,
             heap: BinaryHeap::new(),
             tiebreak: 0,
-            live: IdMap::default(),
+            live: Live::default(),
             samples: Samples::default(),
             models,
             adapter_names,
@@ -420,6 +422,7 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// What the engine is given; its `id` is set to the request's key in `live` once routed.
     fn spec(req: &Request) -> SeqSpec {
         SeqSpec {
             id: req.id,
@@ -449,22 +452,20 @@ impl<'a> Run<'a> {
                 return;
             }
         };
+        let key = self.live.insert(InFlight {
+            pod,
+            decision,
+            arrival: now,
+            first_token: None,
+            output_tokens: req.output_tokens,
+            measured,
+        });
         let engine = &mut self.pods[pod as usize].engine;
-        if engine.submit(spec).is_err() {
+        if engine.submit(SeqSpec { id: key, ..spec }).is_err() {
+            self.live.remove(key);
             self.close_decision(decision, now);
             return;
         }
-        self.live.insert(
-            req.id,
-            InFlight {
-                pod,
-                decision,
-                arrival: now,
-                first_token: None,
-                output_tokens: req.output_tokens,
-                measured,
-            },
-        );
         if engine.step_end().is_none()
             && let Some(end) = engine.start_step(now)
         {
@@ -521,12 +522,12 @@ impl<'a> Run<'a> {
         for ev in out.drain(..) {
             match ev {
                 EngineEvent::FirstToken { id, .. } => {
-                    if let Some(f) = self.live.get_mut(&id) {
+                    if let Some(f) = self.live.get_mut(id) {
                         f.first_token = Some(now);
                     }
                 }
                 EngineEvent::Finished { id } => {
-                    if let Some(f) = self.live.remove(&id) {
+                    if let Some(f) = self.live.remove(id) {
                         self.completed += 1;
                         // The gateway's end-of-stream feedback (ext_proc or `POST /v1/done`).
                         self.close_decision(f.decision, now);
