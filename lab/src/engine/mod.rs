@@ -354,6 +354,8 @@ pub struct Engine {
     grown: bool,
     /// Cancels that arrived during a step, applied when it ends.
     cancels: Vec<u64>,
+    /// The last applied plan's chunk list, emptied, for the next plan to fill.
+    spare_chunks: Vec<(usize, u32)>,
     counters: Counters,
 }
 
@@ -381,6 +383,7 @@ impl Engine {
             queued_prefill: 0,
             grown: false,
             cancels: Vec::new(),
+            spare_chunks: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -491,7 +494,7 @@ impl Engine {
         }
         self.make_room_for_decode();
         let mut budget = self.config.max_batched_tokens.saturating_sub(self.decoding);
-        let mut chunks = Vec::new();
+        let mut chunks = std::mem::take(&mut self.spare_chunks);
         let mut prefill: u64 = 0;
         for &slot in &self.prefilling {
             if budget == 0 {
@@ -505,6 +508,7 @@ impl Engine {
         }
         let loads = self.admit(&mut budget, &mut chunks, &mut prefill);
         if chunks.is_empty() && self.decoding == 0 {
+            self.spare_chunks = chunks;
             return None;
         }
         let end = now
@@ -539,7 +543,8 @@ impl Engine {
                 self.finish(slot, out);
             }
         }
-        for (slot, chunk) in plan.chunks {
+        let mut chunks = plan.chunks;
+        for (slot, chunk) in chunks.drain(..) {
             let Some(seq) = self.seqs[slot].as_mut() else {
                 continue;
             };
@@ -566,6 +571,7 @@ impl Engine {
                 self.start_decode(slot, step + 1);
             }
         }
+        self.spare_chunks = chunks;
         self.step += 1;
         self.grown = false;
         for id in std::mem::take(&mut self.cancels) {

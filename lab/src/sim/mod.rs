@@ -217,6 +217,9 @@ struct Run<'a> {
     samples: Samples,
     models: Vec<ModelEntry>,
     adapter_names: Vec<String>,
+    /// The pick request for each model (the base model, then adapter k at index k): a request
+    /// fills in its own fields, so the model name is not copied at every pick.
+    asks: Vec<PickRequest>,
     requests: u64,
     completed: u64,
     shed: u64,
@@ -371,6 +374,14 @@ impl<'a> Run<'a> {
             live: Live::default(),
             samples: Samples::default(),
             models,
+            asks: std::iter::once(BASE_MODEL)
+                .chain(adapter_names.iter().map(String::as_str))
+                .map(|model| PickRequest {
+                    model: Some(model.into()),
+                    fallbacks: Some(0),
+                    ..PickRequest::default()
+                })
+                .collect(),
             adapter_names,
             requests: 0,
             completed: 0,
@@ -413,13 +424,6 @@ impl<'a> Run<'a> {
             .iter()
             .map(|p| p.engine.state().counters.generation_tokens)
             .sum()
-    }
-
-    fn model_of(&self, req: &Request) -> &str {
-        match req.adapter {
-            Some(a) => &self.adapter_names[a as usize - 1],
-            None => BASE_MODEL,
-        }
     }
 
     /// What the engine is given; its `id` is set to the request's key in `live` once routed.
@@ -488,20 +492,20 @@ impl<'a> Run<'a> {
     }
 
     /// Asks the picker library, as a gateway asks `POST /v1/pick`.
-    fn picker_pick(&self, req: &Request, now: Duration) -> Result<(u32, Option<u128>), PickError> {
+    fn picker_pick(
+        &mut self,
+        req: &Request,
+        now: Duration,
+    ) -> Result<(u32, Option<u128>), PickError> {
         let Router::Picker { table, scheduler } = &self.router else {
             unreachable!("picker_pick on an oracle run")
         };
-        let request = PickRequest {
-            model: Some(self.model_of(req).to_string()),
-            priority: Some(req.priority),
-            prompt: (!req.prefix.is_empty()).then(|| prompt_text(req, false)),
-            prompt_tokens: Some(req.prompt_tokens),
-            max_tokens: Some(req.output_tokens),
-            fallbacks: Some(0),
-            ..PickRequest::default()
-        };
-        let pick = scheduler.pick(table, &request, now)?;
+        let ask = &mut self.asks[req.adapter.map_or(0, |a| a as usize)];
+        ask.priority = Some(req.priority);
+        ask.prompt = (!req.prefix.is_empty()).then(|| prompt_text(req, false));
+        ask.prompt_tokens = Some(req.prompt_tokens);
+        ask.max_tokens = Some(req.output_tokens);
+        let pick = scheduler.pick(table, ask, now)?;
         let pod = pod_of(&pick.endpoint)
             .filter(|&p| p < self.config.pods)
             .expect("the picker picks among the pods' addresses");
