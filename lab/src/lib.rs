@@ -5,7 +5,6 @@
 //! - [`demo`]: the whole fleet on loopback, the built-in gateway, and the comparison.
 //! - [`emulate`]: one emulated model server (OpenAI API, `/metrics` in seven dialects), real time.
 //! - [`engine`]: the model-server model (continuous batching, paged KV, prefix cache, LoRA slots).
-//! - [`idmap`]: the map the simulator and the engine keep requests in, by id.
 //! - [`load`]: the open-loop load generator (streams, TTFT from the first token, errors by status).
 //! - [`sim`]: the discrete-event simulator with the picker's real scheduler, the oracle, capacity.
 //! - [`workload`]: built-in and YAML workloads, and the deterministic request generator.
@@ -13,7 +12,6 @@ pub mod cli;
 pub mod demo;
 pub mod emulate;
 pub mod engine;
-pub mod idmap;
 pub mod load;
 pub mod sim;
 pub mod workload;

@@ -10,13 +10,11 @@ mod kv;
 mod lora;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-
-use crate::idmap::IdMap;
 
 pub use kv::BlockPool;
 pub use lora::{Admit, LoraSlots};
@@ -293,6 +291,31 @@ struct Seq {
     queued_estimate: u64,
 }
 
+/// When a decoding sequence emits its last token: `(step, slot, epoch)` packed into one integer
+/// that orders as the tuple does, so the finish heap compares one `u128` and holds 16 bytes an
+/// entry instead of 24.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Finish(u128);
+
+impl Finish {
+    fn new(step: u64, slot: usize, epoch: u32) -> Self {
+        let slot = u32::try_from(slot).expect("fewer than 2^32 sequence slots");
+        Finish((u128::from(step) << 64) | (u128::from(slot) << 32) | u128::from(epoch))
+    }
+
+    fn step(self) -> u64 {
+        (self.0 >> 64) as u64
+    }
+
+    fn slot(self) -> usize {
+        (self.0 >> 32) as u32 as usize
+    }
+
+    fn epoch(self) -> u32 {
+        self.0 as u32
+    }
+}
+
 /// A planned step, applied by [`Engine::finish_step`].
 #[derive(Debug)]
 struct Plan {
@@ -309,7 +332,10 @@ pub struct Engine {
     loras: LoraSlots,
     seqs: Vec<Option<Seq>>,
     free_slots: Vec<usize>,
-    by_id: IdMap<usize>,
+    /// Slots by request id: built at the first lookup by id ([`generated`](Self::generated),
+    /// [`cancel`](Self::cancel)) and kept from then on. The simulator never looks a request up
+    /// by id, and keeping the map cost it a cache miss per request submitted and finished.
+    by_id: Option<HashMap<u64, usize>>,
     waiting: VecDeque<usize>,
     /// Running sequences in admission order (the last is preempted first).
     running: Vec<usize>,
@@ -319,7 +345,7 @@ pub struct Engine {
     /// Decoding sequences by `(kv tokens − step) mod block size`: those needing a block at a step.
     residue: Vec<u32>,
     /// Decode finish step per sequence (min-heap, lazily invalidated by epoch).
-    finishes: BinaryHeap<Reverse<(u64, usize, u32)>>,
+    finishes: BinaryHeap<Reverse<Finish>>,
     step: u64,
     plan: Option<Plan>,
     /// Prompt tokens still to prefill, for prediction: running remainders plus waiting estimates.
@@ -328,6 +354,8 @@ pub struct Engine {
     grown: bool,
     /// Cancels that arrived during a step, applied when it ends.
     cancels: Vec<u64>,
+    /// The last applied plan's chunk list, emptied, for the next plan to fill.
+    spare_chunks: Vec<(usize, u32)>,
     counters: Counters,
 }
 
@@ -343,7 +371,7 @@ impl Engine {
             loras,
             seqs: Vec::new(),
             free_slots: Vec::new(),
-            by_id: IdMap::default(),
+            by_id: None,
             waiting: VecDeque::new(),
             running: Vec::new(),
             prefilling: Vec::new(),
@@ -355,6 +383,7 @@ impl Engine {
             queued_prefill: 0,
             grown: false,
             cancels: Vec::new(),
+            spare_chunks: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -409,7 +438,9 @@ impl Engine {
                 self.seqs.len() - 1
             }
         };
-        self.by_id.insert(id, slot);
+        if let Some(by_id) = &mut self.by_id {
+            by_id.insert(id, slot);
+        }
         self.waiting.push_back(slot);
         Ok(())
     }
@@ -425,8 +456,9 @@ impl Engine {
     }
 
     /// Output tokens generated so far by request `id` (None once it left the engine).
-    pub fn generated(&self, id: u64) -> Option<u32> {
-        let seq = self.seqs[*self.by_id.get(&id)?].as_ref()?;
+    pub fn generated(&mut self, id: u64) -> Option<u32> {
+        let slot = self.slot_of(id)?;
+        let seq = self.seqs[slot].as_ref()?;
         Some(match seq.phase {
             Phase::Decode { start_step, base } => base + (self.step - start_step) as u32,
             _ => seq.generated,
@@ -440,7 +472,7 @@ impl Engine {
             self.cancels.push(id);
             return;
         }
-        let Some(&slot) = self.by_id.get(&id) else {
+        let Some(slot) = self.slot_of(id) else {
             return;
         };
         if let Some(pos) = self.waiting.iter().position(|&s| s == slot) {
@@ -462,7 +494,7 @@ impl Engine {
         }
         self.make_room_for_decode();
         let mut budget = self.config.max_batched_tokens.saturating_sub(self.decoding);
-        let mut chunks = Vec::new();
+        let mut chunks = std::mem::take(&mut self.spare_chunks);
         let mut prefill: u64 = 0;
         for &slot in &self.prefilling {
             if budget == 0 {
@@ -476,6 +508,7 @@ impl Engine {
         }
         let loads = self.admit(&mut budget, &mut chunks, &mut prefill);
         if chunks.is_empty() && self.decoding == 0 {
+            self.spare_chunks = chunks;
             return None;
         }
         let end = now
@@ -497,7 +530,8 @@ impl Engine {
         let step = self.step;
         self.counters.generation_tokens += u64::from(plan.decoding);
         // Decoding sequences whose last token came out in this step.
-        while let Some(&Reverse((at, slot, epoch))) = self.finishes.peek() {
+        while let Some(&Reverse(f)) = self.finishes.peek() {
+            let (at, slot, epoch) = (f.step(), f.slot(), f.epoch());
             if at > step {
                 break;
             }
@@ -509,7 +543,8 @@ impl Engine {
                 self.finish(slot, out);
             }
         }
-        for (slot, chunk) in plan.chunks {
+        let mut chunks = plan.chunks;
+        for (slot, chunk) in chunks.drain(..) {
             let Some(seq) = self.seqs[slot].as_mut() else {
                 continue;
             };
@@ -536,6 +571,7 @@ impl Engine {
                 self.start_decode(slot, step + 1);
             }
         }
+        self.spare_chunks = chunks;
         self.step += 1;
         self.grown = false;
         for id in std::mem::take(&mut self.cancels) {
@@ -620,9 +656,9 @@ impl Engine {
         let mut ends: Vec<(u64, u64)> = self
             .finishes
             .iter()
-            .filter_map(|Reverse((at, slot, epoch))| {
-                let seq = self.seqs[*slot].as_ref()?;
-                (seq.epoch == *epoch).then(|| (*at, self.blocks_held(*slot)))
+            .filter_map(|&Reverse(f)| {
+                let seq = self.seqs[f.slot()].as_ref()?;
+                (seq.epoch == f.epoch()).then(|| (f.step(), self.blocks_held(f.slot())))
             })
             .collect();
         ends.sort_unstable();
@@ -636,6 +672,18 @@ impl Engine {
         }
         ends.last()
             .map_or(1, |(at, _)| at.saturating_sub(self.step) + 1)
+    }
+
+    /// The slot of request `id`, if it is in the engine.
+    fn slot_of(&mut self, id: u64) -> Option<usize> {
+        let seqs = &self.seqs;
+        let by_id = self.by_id.get_or_insert_with(|| {
+            seqs.iter()
+                .enumerate()
+                .filter_map(|(slot, s)| Some((s.as_ref()?.spec.id, slot)))
+                .collect()
+        });
+        by_id.get(&id).copied()
     }
 
     fn seq(&self, slot: usize) -> &Seq {
@@ -753,7 +801,9 @@ impl Engine {
 
     fn remove(&mut self, slot: usize) {
         if let Some(seq) = self.seqs[slot].take() {
-            self.by_id.remove(&seq.spec.id);
+            if let Some(by_id) = &mut self.by_id {
+                by_id.remove(&seq.spec.id);
+            }
             self.free_slots.push(slot);
         }
     }
@@ -767,7 +817,8 @@ impl Engine {
         let adapter = seq.spec.adapter;
         self.residue[r] += 1;
         self.decoding += 1;
-        self.finishes.push(Reverse((finish_step, slot, epoch)));
+        self.finishes
+            .push(Reverse(Finish::new(finish_step, slot, epoch)));
         if let Some(a) = adapter {
             self.loras.note_finish_step(a, finish_step);
         }
@@ -841,9 +892,13 @@ impl Engine {
     }
 }
 
-/// Removes `item` from `v`, keeping the order of the rest.
+/// Removes `item` from `v`, keeping the order of the rest. The last item (a preemption's victim)
+/// is checked first, then the list from the front: what leaves the batch otherwise (a finished
+/// sequence, a completed prefill) was mostly admitted early.
 fn remove_item(v: &mut Vec<usize>, item: usize) {
-    if let Some(pos) = v.iter().rposition(|&x| x == item) {
+    if v.last() == Some(&item) {
+        v.pop();
+    } else if let Some(pos) = v.iter().position(|&x| x == item) {
         v.remove(pos);
     }
 }

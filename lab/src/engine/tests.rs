@@ -240,6 +240,33 @@ fn cancelled_requests_free_their_memory() {
 }
 
 #[test]
+fn requests_are_found_by_id_before_and_after_the_first_lookup() {
+    let mut engine = Engine::new(EngineConfig::default());
+    let mut out = Vec::new();
+    engine.submit(spec(10, 100, 5)).unwrap();
+    engine.submit(spec(11, 100, 50)).unwrap();
+    let mut now = Duration::ZERO;
+    for _ in 0..3 {
+        now = engine.start_step(now).unwrap();
+        engine.finish_step(&mut out);
+    }
+    // The first lookup by id indexes what is there; later submissions and removals keep it.
+    assert_eq!(engine.generated(10), Some(3));
+    assert_eq!(engine.generated(99), None);
+    engine.submit(spec(12, 100, 50)).unwrap();
+    assert_eq!(engine.generated(12), Some(0));
+    while engine.generated(10).is_some() {
+        now = engine.start_step(now).unwrap();
+        engine.finish_step(&mut out);
+    }
+    assert!(out.contains(&EngineEvent::Finished { id: 10 }));
+    assert!(engine.generated(11).is_some_and(|n| n > 3));
+    engine.cancel(11);
+    assert_eq!(engine.generated(11), None);
+    assert!(engine.generated(12).is_some());
+}
+
+#[test]
 fn profiles_override_defaults_and_name_bad_keys() {
     let dir = std::env::temp_dir().join(format!("inferpick-lab-profile-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

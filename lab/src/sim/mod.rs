@@ -7,9 +7,10 @@
 //! Deterministic for a seed: one thread per policy, and every random choice seeded.
 
 pub mod capacity;
+mod live;
 mod results;
 
-use std::cmp::Reverse;
+use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
@@ -24,8 +25,8 @@ use inferpick_schema::{
 };
 
 use crate::engine::{Counters, Engine, EngineConfig, EngineEvent, SeqSpec};
-use crate::idmap::IdMap;
 use crate::workload::{Generator, Request, Workload, adapter_name, prompt_text};
+use live::Live;
 
 pub use results::{E2e, PolicyResult, Samples, SimReport, Ttft, ms, percentile};
 
@@ -144,6 +145,36 @@ enum Event {
     Deliver(u32),
 }
 
+/// An event in the queue. The earliest comes first, and events due at the same time come in the
+/// order they were scheduled. The time is kept in nanoseconds: an entry is 24 bytes, not 32, and
+/// the queue (pushed and popped tens of millions of times in a large run) compares integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Scheduled {
+    at_ns: u64,
+    /// Scheduling order: unique, so no two entries compare equal.
+    order: u64,
+    event: Event,
+}
+
+impl Scheduled {
+    fn at(&self) -> Duration {
+        Duration::from_nanos(self.at_ns)
+    }
+}
+
+impl Ord for Scheduled {
+    /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at_ns, other.order).cmp(&(self.at_ns, self.order))
+    }
+}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 #[derive(Debug)]
 struct Pod {
     engine: Engine,
@@ -179,12 +210,16 @@ struct Run<'a> {
     config: &'a SimConfig,
     pods: Vec<Pod>,
     router: Router,
-    heap: BinaryHeap<Reverse<(Duration, u64, Event)>>,
+    heap: BinaryHeap<Scheduled>,
     tiebreak: u64,
-    live: IdMap<InFlight>,
+    /// Requests in flight; the key of each is the sequence id its engine knows it by.
+    live: Live<InFlight>,
     samples: Samples,
     models: Vec<ModelEntry>,
     adapter_names: Vec<String>,
+    /// The pick request for each model (the base model, then adapter k at index k): a request
+    /// fills in its own fields, so the model name is not copied at every pick.
+    asks: Vec<PickRequest>,
     requests: u64,
     completed: u64,
     shed: u64,
@@ -208,7 +243,7 @@ pub fn run_policy(config: &SimConfig, policy: SimPolicy) -> PolicyResult {
     let mut tokens_at_end = None;
     let mut arrivals = generator.peekable();
     loop {
-        let next_event = run.heap.peek().map(|Reverse((t, _, _))| *t);
+        let next_event = run.heap.peek().map(Scheduled::at);
         let next_arrival = arrivals.peek().map(|r| r.at);
         let now = match (next_event, next_arrival) {
             (None, None) => break,
@@ -229,9 +264,10 @@ pub fn run_policy(config: &SimConfig, policy: SimPolicy) -> PolicyResult {
             run.arrive(req, now >= warmup);
             continue;
         }
-        let Some(Reverse((now, _, event))) = run.heap.pop() else {
+        let Some(next) = run.heap.pop() else {
             break;
         };
+        let (now, event) = (next.at(), next.event);
         match event {
             Event::Step(p) => run.step_end(p, now),
             Event::Produce(p) => run.produce(p, now),
@@ -242,7 +278,7 @@ pub fn run_policy(config: &SimConfig, policy: SimPolicy) -> PolicyResult {
     let tokens_at_end = tokens_at_end.unwrap_or_else(|| run.generated_tokens());
     let tokens = tokens_at_end - tokens_at_warmup.unwrap_or(0);
     // Requests still unfinished when the run stops count with the latency they had reached.
-    let cut: Vec<InFlight> = run.live.drain().map(|(_, f)| f).collect();
+    let cut: Vec<InFlight> = run.live.drain().collect();
     for f in cut.into_iter().filter(|f| f.measured) {
         let ttft = f.first_token.unwrap_or(stop) - f.arrival;
         run.samples
@@ -335,9 +371,17 @@ impl<'a> Run<'a> {
             router,
             heap: BinaryHeap::new(),
             tiebreak: 0,
-            live: IdMap::default(),
+            live: Live::default(),
             samples: Samples::default(),
             models,
+            asks: std::iter::once(BASE_MODEL)
+                .chain(adapter_names.iter().map(String::as_str))
+                .map(|model| PickRequest {
+                    model: Some(model.into()),
+                    fallbacks: Some(0),
+                    ..PickRequest::default()
+                })
+                .collect(),
             adapter_names,
             requests: 0,
             completed: 0,
@@ -360,13 +404,17 @@ impl<'a> Run<'a> {
 
     fn schedule(&mut self, at: Duration, event: Event) {
         self.tiebreak += 1;
-        self.heap.push(Reverse((at, self.tiebreak, event)));
+        self.heap.push(Scheduled {
+            at_ns: u64::try_from(at.as_nanos()).expect("simulated time within 584 years"),
+            order: self.tiebreak,
+            event,
+        });
     }
 
     fn now_hint(&self, end: Duration) -> Duration {
         self.heap
             .peek()
-            .map_or(end, |Reverse((t, _, _))| *t)
+            .map_or(end, Scheduled::at)
             .min(end + self.config.drain())
             .max(end)
     }
@@ -378,13 +426,7 @@ impl<'a> Run<'a> {
             .sum()
     }
 
-    fn model_of(&self, req: &Request) -> &str {
-        match req.adapter {
-            Some(a) => &self.adapter_names[a as usize - 1],
-            None => BASE_MODEL,
-        }
-    }
-
+    /// What the engine is given; its `id` is set to the request's key in `live` once routed.
     fn spec(req: &Request) -> SeqSpec {
         SeqSpec {
             id: req.id,
@@ -414,22 +456,20 @@ impl<'a> Run<'a> {
                 return;
             }
         };
+        let key = self.live.insert(InFlight {
+            pod,
+            decision,
+            arrival: now,
+            first_token: None,
+            output_tokens: req.output_tokens,
+            measured,
+        });
         let engine = &mut self.pods[pod as usize].engine;
-        if engine.submit(spec).is_err() {
+        if engine.submit(SeqSpec { id: key, ..spec }).is_err() {
+            self.live.remove(key);
             self.close_decision(decision, now);
             return;
         }
-        self.live.insert(
-            req.id,
-            InFlight {
-                pod,
-                decision,
-                arrival: now,
-                first_token: None,
-                output_tokens: req.output_tokens,
-                measured,
-            },
-        );
         if engine.step_end().is_none()
             && let Some(end) = engine.start_step(now)
         {
@@ -452,20 +492,20 @@ impl<'a> Run<'a> {
     }
 
     /// Asks the picker library, as a gateway asks `POST /v1/pick`.
-    fn picker_pick(&self, req: &Request, now: Duration) -> Result<(u32, Option<u128>), PickError> {
+    fn picker_pick(
+        &mut self,
+        req: &Request,
+        now: Duration,
+    ) -> Result<(u32, Option<u128>), PickError> {
         let Router::Picker { table, scheduler } = &self.router else {
             unreachable!("picker_pick on an oracle run")
         };
-        let request = PickRequest {
-            model: Some(self.model_of(req).to_string()),
-            priority: Some(req.priority),
-            prompt: (!req.prefix.is_empty()).then(|| prompt_text(req, false)),
-            prompt_tokens: Some(req.prompt_tokens),
-            max_tokens: Some(req.output_tokens),
-            fallbacks: Some(0),
-            ..PickRequest::default()
-        };
-        let pick = scheduler.pick(table, &request, now)?;
+        let ask = &mut self.asks[req.adapter.map_or(0, |a| a as usize)];
+        ask.priority = Some(req.priority);
+        ask.prompt = (!req.prefix.is_empty()).then(|| prompt_text(req, false));
+        ask.prompt_tokens = Some(req.prompt_tokens);
+        ask.max_tokens = Some(req.output_tokens);
+        let pick = scheduler.pick(table, ask, now)?;
         let pod = pod_of(&pick.endpoint)
             .filter(|&p| p < self.config.pods)
             .expect("the picker picks among the pods' addresses");
@@ -486,12 +526,12 @@ impl<'a> Run<'a> {
         for ev in out.drain(..) {
             match ev {
                 EngineEvent::FirstToken { id, .. } => {
-                    if let Some(f) = self.live.get_mut(&id) {
+                    if let Some(f) = self.live.get_mut(id) {
                         f.first_token = Some(now);
                     }
                 }
                 EngineEvent::Finished { id } => {
-                    if let Some(f) = self.live.remove(&id) {
+                    if let Some(f) = self.live.remove(id) {
                         self.completed += 1;
                         // The gateway's end-of-stream feedback (ext_proc or `POST /v1/done`).
                         self.close_decision(f.decision, now);

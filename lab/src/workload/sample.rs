@@ -50,6 +50,8 @@ pub struct Generator {
     next_id: u64,
     block_tokens: u32,
     prefixes: HashMap<(usize, u32), Arc<[u64]>>,
+    /// The prefix of requests without one, shared rather than allocated for each.
+    no_prefix: Arc<[u64]>,
 }
 
 impl Generator {
@@ -99,6 +101,7 @@ impl Generator {
             next_id: 0,
             block_tokens: block_tokens.max(1),
             prefixes: HashMap::new(),
+            no_prefix: Arc::from([]),
         }
     }
 
@@ -176,7 +179,7 @@ impl Iterator for Generator {
                 prompt_tokens = prompt_tokens.max(p.tokens + 1);
                 (self.prefix(class, group, p.tokens), Some(group))
             }
-            None => (Arc::from(Vec::new()), None),
+            None => (Arc::clone(&self.no_prefix), None),
         };
         let adapter = self.zipf[class].as_ref().map(|cdf| {
             let u: f64 = self.rng.random();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use inferpick_schema::{LoadReport, ValidationError};
 
 use super::endpoint::{Endpoint, duration_ns};
-use super::snapshot::shard_of;
+use super::snapshot::{ShardView, shard_of};
 use super::{Table, lock};
 
 /// How far past its arrival a report showing an empty queue lets the routed prefill backlog run.
@@ -159,7 +159,7 @@ impl Table {
         let mut reports = by_shard.into_iter().peekable();
         while let Some(&(s, _, _)) = reports.peek() {
             let view = self.shard_view(s);
-            let mut entries: Vec<Arc<Endpoint>> = view.entries.clone();
+            let mut entries: Vec<Arc<Endpoint>> = view.entries_to_edit();
             let mut changed = false;
             while let Some((_, i, report)) = reports.next_if(|r| r.0 == s) {
                 let outcome = self.apply(&mut entries, report, now);
@@ -169,6 +169,7 @@ impl Table {
             if changed {
                 self.publish_shard(s, entries);
             }
+            ShardView::retire(view);
         }
         drop(writers);
         Ok(outcomes)
