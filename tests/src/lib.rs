@@ -56,10 +56,14 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// An HTTP client for tests, with a whole-request `timeout`.
+/// An HTTP client for tests, with a whole-request `timeout`. Idle pooled connections are dropped
+/// after 5 s, well inside the picker's and the agent's 10 s idle close: a request sent on a
+/// connection the server is closing at that moment fails at the socket, which is the client's
+/// race to avoid (as every gateway's keep-alive timeout below its upstream's does).
 pub fn http_client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .expect("a plain HTTP client builds")
 }
