@@ -21,6 +21,10 @@ pub struct PickRequest {
     /// The prompt text, for prefix affinity and a token estimate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
+    /// The prompt as token ids (an OpenAI `prompt` given as integers, or one a gateway tokenized):
+    /// exact prefix matching without the picker's tokenizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_token_ids: Option<Vec<u32>>,
     /// Prompt length estimate when the prompt is not sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tokens: Option<u32>,
