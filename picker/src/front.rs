@@ -11,14 +11,32 @@ use crate::scheduler::{Pick, PickError};
 use crate::state::{AppState, Scope};
 use crate::table::DoneOutcome;
 
+/// A prompt longer than this may take milliseconds to tokenize: its pick runs with the runtime
+/// told that this thread blocks, so other picks move to other threads meanwhile.
+const LONG_PROMPT_BYTES: usize = 16 << 10;
+
 /// Runs the scheduler and counts the outcome.
 pub fn decide(state: &AppState, request: &PickRequest, explain: bool) -> Result<Pick, ApiError> {
     let scheduler = state.scheduler();
     let now = state.now();
-    let result = if explain {
-        scheduler.pick_explained(state.table(), request, now)
+    let pick = || {
+        if explain {
+            scheduler.pick_explained(state.table(), request, now)
+        } else {
+            scheduler.pick(state.table(), request, now)
+        }
+    };
+    let long = request
+        .prompt
+        .as_ref()
+        .is_some_and(|p| p.len() > LONG_PROMPT_BYTES)
+        && !scheduler.config().tokenizers.is_empty();
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let result = if long && multi_thread {
+        tokio::task::block_in_place(pick)
     } else {
-        scheduler.pick(state.table(), request, now)
+        pick()
     };
     // The picker's clock is monotonic: the pick's `now` is also when it started.
     let seconds = state.now().saturating_sub(now).as_secs_f64();

@@ -4,8 +4,10 @@
 //! no import cycle):
 //! - core, no I/O, time is an argument:
 //!   - [`prefix`]: prompt block hashing (chained 64-byte blocks) and the approximate prefix index.
+//!   - [`tokenize`]: the models' tokenizers (a prompt's leading token ids).
 //!   - [`table`]: the endpoint table — snapshots of the latest reports, ingest rules, per-endpoint
-//!     counters, the ledger of open decisions, the capacity estimate, one prefix index per model.
+//!     counters, the ledger of open decisions, the capacity estimate, one approximate prefix index
+//!     and one token-exact index (from the engines' KV events) per model.
 //!   - [`scheduler`]: the pick pipeline (resolve → affinity → candidates → score → saturation →
 //!     choose → record) around one profile per policy.
 //! - shared state: [`config`] (flags over the YAML file, each setting declared once), [`trust`]
@@ -35,6 +37,7 @@ pub mod service;
 pub mod state;
 pub mod table;
 pub mod tls;
+pub mod tokenize;
 pub mod trust;
 
 pub use clock::Clock;

@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 
 use crate::clock::Clock;
 use crate::scheduler::{PickError, Policy, Scheduler};
-use crate::table::{EndpointState, Table};
+use crate::table::{EndpointState, KvOutcome, Table};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -62,16 +62,26 @@ pub struct Metrics {
     decision_counters: ArcSwap<HashMap<Box<str>, Vec<DecisionCounter>>>,
     decision_duration: Histogram,
     reports: Family<ResultLabels, Counter>,
+    kv_events: Family<ResultLabels, Counter>,
+    kv_blocks: Family<ChangeLabels, Counter>,
     info: Family<InfoLabels, Gauge>,
     done: Family<DoneLabels, Counter>,
     first_byte: Histogram,
-    /// Per refusal reason: when it was last logged, and how many since were counted only.
-    refusals_logged: Mutex<HashMap<&'static str, (Instant, u64)>>,
+    /// Per pushed thing and refusal reason: when it was last logged, and how many since were counted only.
+    refusals_logged: Mutex<HashMap<RefusalKey, (Instant, u64)>>,
 }
+
+/// What was refused (`report`, `kv-events`) and why (the metric's `result`).
+type RefusalKey = (&'static str, &'static str);
 
 /// A refusal reason is logged at most once per this period, so a flood of bad pushes cannot
 /// flood the log; the next line says how many went unlogged.
 const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChangeLabels {
+    change: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DoneLabels {
@@ -93,6 +103,8 @@ impl Metrics {
             // 1 µs, 2 µs, 4 µs … about 0.5 s.
             decision_duration: Histogram::new(exponential_buckets(1e-6, 2.0, 20)),
             reports: Family::default(),
+            kv_events: Family::default(),
+            kv_blocks: Family::default(),
             info: Family::default(),
             done: Family::default(),
             // 5 ms … about 80 s.
@@ -123,6 +135,16 @@ impl Metrics {
             "inferpick_picker_reports",
             "Load reports received, by result (accepted, restarted, ignored, invalid, unauthorized, forbidden, too_large, timeout, table_full)",
             m.reports.clone(),
+        );
+        registry.register(
+            "inferpick_picker_kv_events",
+            "KV-event messages from agents, by result (applied, resync: not applied until a reset, invalid, unauthorized, forbidden, too_large, timeout)",
+            m.kv_events.clone(),
+        );
+        registry.register(
+            "inferpick_picker_kv_blocks",
+            "KV blocks changed in the token-exact index, by change (stored, removed, over_bound: not recorded, the endpoint at its bound)",
+            m.kv_blocks.clone(),
         );
         registry.register(
             "inferpick_picker_info",
@@ -218,13 +240,25 @@ impl Metrics {
         error: &dyn std::fmt::Display,
     ) {
         self.reports(result, 1);
+        self.log_refusal("report", result, peer, error);
+    }
+
+    /// Logs a refused push of `what` at most once a second per (what, result); the next line
+    /// carries how many were not logged.
+    fn log_refusal(
+        &self,
+        what: &'static str,
+        result: &'static str,
+        peer: Option<SocketAddr>,
+        error: &dyn std::fmt::Display,
+    ) {
         let unlogged = {
             let mut logged = self
                 .refusals_logged
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            match logged.get_mut(result) {
+            match logged.get_mut(&(what, result)) {
                 Some((at, skipped)) if now.duration_since(*at) < REFUSAL_LOG_PERIOD => {
                     *skipped += 1;
                     return;
@@ -234,13 +268,41 @@ impl Metrics {
                     std::mem::take(skipped)
                 }
                 None => {
-                    logged.insert(result, (now, 0));
+                    logged.insert((what, result), (now, 0));
                     0
                 }
             }
         };
         let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
-        tracing::warn!(result, %peer, unlogged, "report refused: {error}");
+        tracing::warn!(result, %peer, unlogged, "{what} refused: {error}");
+    }
+
+    /// Counts one applied (or resync-refused) KV-event message and the blocks it changed.
+    pub fn kv_applied(&self, outcome: &KvOutcome) {
+        let result = if outcome.refused { "resync" } else { "applied" };
+        self.kv_events.get_or_create(&ResultLabels { result }).inc();
+        for (change, n) in [
+            ("stored", outcome.stored),
+            ("removed", outcome.removed),
+            ("over_bound", outcome.over_bound),
+        ] {
+            if n > 0 {
+                self.kv_blocks
+                    .get_or_create(&ChangeLabels { change })
+                    .inc_by(n as u64);
+            }
+        }
+    }
+
+    /// A refused KV-event message: counted under `result` and logged like a refused report.
+    pub fn kv_refused(
+        &self,
+        result: &'static str,
+        peer: Option<SocketAddr>,
+        error: &dyn std::fmt::Display,
+    ) {
+        self.kv_events.get_or_create(&ResultLabels { result }).inc();
+        self.log_refusal("kv-events", result, peer, error);
     }
 
     /// Sets the info series for `policy` (and removes the previous one).
@@ -317,6 +379,26 @@ impl Collector for TableCollector {
             ConstCounter::new(e.routed_total())
                 .encode(fam.encode_family(&[("endpoint", &*e.address)])?)?;
         }
+
+        let mut fam = encoder.encode_descriptor(
+            "inferpick_picker_kv_stream_live",
+            "Per endpoint with a KV-event stream: 1 while picks use its exact KV blocks, 0 while its stream is stale or silent and it falls back to the approximate prefix index.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for e in snap.iter() {
+            if let Some(stream) = self.table.kv_stream(e, now) {
+                ConstGauge::new(i64::from(stream.routing))
+                    .encode(fam.encode_family(&[("endpoint", &*e.address)])?)?;
+            }
+        }
+        let fam = encoder.encode_descriptor(
+            "inferpick_picker_kv_index_blocks",
+            "KV blocks the token-exact prefix index holds, over every endpoint.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.table.exact_blocks() as i64).encode(fam)?;
 
         // Per model: the fraction of its ready endpoints that are saturated, by the rule that sheds.
         let pools = self.scheduler.load().saturation_by_model(&snap, now);

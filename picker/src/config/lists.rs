@@ -1,4 +1,5 @@
-//! Kinds whose values are lists: trusted proxy CIDRs, named objectives and model rewrites. Each
+//! Kinds whose values are lists: trusted proxy CIDRs, named objectives, model rewrites and
+//! tokenizers. Each
 //! item is checked on its own and named by its index (`objectives[1].priority`).
 
 use std::collections::HashMap;
@@ -8,7 +9,9 @@ use serde_norway::Value as Yaml;
 use super::Issues;
 use super::file::{get, int, mapping, string};
 use super::kind::Kind;
+use super::kind::show_yaml;
 use crate::scheduler::RewriteTarget;
+use crate::tokenize::{ModelTokenizer, Tokenizers};
 use crate::trust::{self, Cidr};
 
 /// CIDRs: a YAML list, or comma-separated in a flag.
@@ -193,4 +196,55 @@ fn required<'v>(v: Option<&'v Yaml>, path: &str, is: &mut Issues) -> Option<&'v 
         is.push(path, "missing");
     }
     v
+}
+
+/// Tokenizers, `{ model: path to tokenizer.json }`: each file is read when the config loads, so a
+/// missing or broken one is an error that names it.
+pub(crate) struct TokenizerFiles;
+
+impl Kind for TokenizerFiles {
+    type Value = Tokenizers;
+
+    fn parse(&self, _: &str) -> Result<Self::Value, String> {
+        Err("only in the config file".into())
+    }
+
+    fn read(&self, v: &Yaml, path: &str, is: &mut Issues) -> Option<Self::Value> {
+        let Yaml::Mapping(m) = v else {
+            is.push(
+                path,
+                "expected a mapping of model name → tokenizer.json path",
+            );
+            return None;
+        };
+        let mut out = Tokenizers::default();
+        for (k, file) in m {
+            let Some(model) = k.as_str() else {
+                is.push(
+                    path,
+                    format!("{}: a model name must be a string", show_yaml(k)),
+                );
+                continue;
+            };
+            let at = format!("{path}.{model}");
+            if let Some(file) = string(file, &at, is) {
+                match ModelTokenizer::load(std::path::Path::new(&file)) {
+                    Ok(t) => out.insert(model.to_string(), t),
+                    Err(e) => is.push(at, e),
+                }
+            }
+        }
+        Some(out)
+    }
+
+    fn show(&self, v: &Self::Value) -> String {
+        v.models()
+            .map(|(m, t)| format!("{m}: {}", t.path().display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn accepts(&self) -> String {
+        "a mapping of model name → path of its tokenizer.json".into()
+    }
 }

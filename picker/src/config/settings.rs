@@ -11,10 +11,11 @@ use std::time::Duration;
 use super::declare::settings;
 use super::kind::Bound::{Excl, Incl, Open};
 use super::kind::{Addr, AddrOrOff, Int, Number, Optional, Path, Profile, Span};
-use super::lists::{Cidrs, Objectives, Rewrites};
+use super::lists::{Cidrs, Objectives, Rewrites, TokenizerFiles};
 use crate::scheduler::{CostModel, Policy, RewriteTarget, Saturation, SchedulerConfig};
 use crate::table::{DEFAULT_MAX_ENDPOINTS, TableConfig};
 use crate::tls::TlsFiles;
+use crate::tokenize::Tokenizers;
 use crate::trust::Cidr;
 
 settings! {
@@ -54,6 +55,11 @@ settings! {
     forget_after: Duration = Duration::from_secs(60), {
         "staleness.forget_after" => Span::POSITIVE, flag forget_after "DURATION";
     }
+    /// An endpoint whose KV-event stream was last heard live longer ago is routed on the
+    /// approximate prefix index.
+    kv_max_age: Duration = TableConfig::default().kv_max_age, {
+        "staleness.kv_max_age" => Span::POSITIVE, flag kv_max_age "DURATION";
+    }
     /// Scheduling profile: how endpoints are scored and one is chosen.
     policy: Policy = Policy::Inferpick, {
         "policy" => Profile, flag policy "NAME";
@@ -74,6 +80,11 @@ settings! {
     /// Model rewrites (like GIE's InferenceModelRewrite): a requested name → weighted targets.
     rewrites: HashMap<String, Vec<RewriteTarget>> = HashMap::new(), {
         "models" => Rewrites;
+    }
+    /// Each model's tokenizer (`tokenizer.json`), for token-exact prefix routing on its engines'
+    /// KV events. A model without one is routed on the approximate prefix index.
+    tokenizers: Tokenizers = Tokenizers::default(), {
+        "tokenizers" => TokenizerFiles;
     }
     /// The `inferpick` profile's cost model: predicted seconds to first token on each endpoint.
     /// The defaults are calibrated for an 8B model on one H100 (10–20k prefill tokens/s, 10–30 ms
@@ -152,6 +163,11 @@ settings! {
     max_open_decisions: usize = TableConfig::default().max_open_decisions, {
         "limits.max_open_decisions" => Int::range(1, 100_000_000);
     }
+    /// Most KV blocks the token-exact index keeps per endpoint, from its engine's KV events
+    /// (about 100 bytes each); blocks stored past it are not recorded.
+    exact_blocks_per_endpoint: usize = TableConfig::default().exact_blocks_per_endpoint, {
+        "limits.exact_blocks_per_endpoint" => Int::range(1, 100_000_000);
+    }
     /// Most prompt blocks (64 bytes of prompt each) the prefix index remembers per endpoint and
     /// model, least recently seen dropped first. A reload applies a new bound at each endpoint's
     /// next insert.
@@ -201,6 +217,8 @@ impl Settings {
             max_endpoints: self.max_endpoints,
             max_open_decisions: self.max_open_decisions,
             prefix_blocks_per_endpoint: self.prefix_blocks_per_endpoint,
+            exact_blocks_per_endpoint: self.exact_blocks_per_endpoint,
+            kv_max_age: self.kv_max_age,
             ..TableConfig::default()
         }
     }
@@ -212,6 +230,7 @@ impl Settings {
             rewrites: self.rewrites.clone(),
             saturation: self.saturation.clone(),
             cost: self.cost.clone(),
+            tokenizers: self.tokenizers.clone(),
             ..SchedulerConfig::default()
         }
     }

@@ -14,6 +14,7 @@ pub(super) async fn endpoints(State(state): State<AppState>) -> Json<Value> {
     let endpoints: Vec<Value> = list
         .into_iter()
         .map(|e| {
+            let kv = state.table().kv_stream(e, now);
             json!({
                 "address": &*e.address,
                 "pod": e.report.endpoint.pod,
@@ -22,6 +23,13 @@ pub(super) async fn endpoints(State(state): State<AppState>) -> Json<Value> {
                 "inflight": e.inflight(),
                 "routed_total": e.routed_total(),
                 "peak_prompt_tokens_per_second": e.peak_prompt_tokens_per_second,
+                // Which prefix index picks use for it: `exact` while its KV-event stream is live,
+                // else `approximate` (and `kv_events` says why).
+                "prefix_index": match &kv {
+                    Some(s) if s.routing => "exact",
+                    _ => "approximate",
+                },
+                "kv_events": kv,
                 "report": &*e.report,
             })
         })

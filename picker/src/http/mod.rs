@@ -2,6 +2,7 @@
 
 mod endpoints;
 mod error;
+mod kv;
 mod ops;
 mod pick;
 mod reports;
@@ -20,6 +21,8 @@ use crate::state::AppState;
 
 /// Largest `POST /v1/reports` body (contract: 1 MiB).
 pub const MAX_REPORTS_BODY: usize = 1 << 20;
+/// Largest `POST /v1/kv-events` body: a message of 65,536 block keys with room to spare.
+pub const MAX_KV_EVENTS_BODY: usize = 4 << 20;
 /// Largest pick or authz body: prompts can be long.
 pub const MAX_PICK_BODY: usize = 4 << 20;
 /// Largest `POST /v1/done` body.
@@ -29,6 +32,7 @@ pub const MAX_DONE_BODY: usize = 64 << 10;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/reports", post(reports::reports))
+        .route("/v1/kv-events", post(kv::kv_events))
         .route("/v1/pick", post(pick::pick))
         .route("/v1/authz", any(pick::authz))
         .route("/v1/authz/{*rest}", any(pick::authz))

@@ -858,3 +858,90 @@ async fn refused_reports_are_logged_with_the_reason_and_counted() {
             .contains("inferpick_picker_reports_total{result=\"invalid\"} 3")
     );
 }
+
+fn kv_body(address: &str, seq: u64, reset: bool, stored: &[u64]) -> Value {
+    json!({
+        "schema_version": 1, "endpoint": address, "stream": "agent-a", "seq": seq,
+        "state": "live", "block_size": 16, "reset": reset,
+        "groups": [{"stored": stored, "removed": []}],
+    })
+}
+
+#[tokio::test]
+async fn kv_events_apply_in_order_ask_for_a_reset_on_a_gap_and_show_in_endpoints() {
+    let (state, app) = app();
+    // Before the endpoint's first report: 409, resync, nothing applied.
+    let r = call(
+        &app,
+        json_req("/v1/kv-events", &kv_body("10.0.0.1:8000", 0, true, &[1])),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.json::<Value>()["resync"], true);
+    push(&app, &[pod("10.0.0.1:8000", 0, 0.1)]).await;
+    let r = call(
+        &app,
+        json_req("/v1/kv-events", &kv_body("10.0.0.1:8000", 0, true, &[1, 2])),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.json::<Value>(), json!({"next_seq": 1, "resync": false}));
+    let endpoints = table_json(&app).await;
+    let e = &endpoints["endpoints"][0];
+    assert_eq!(e["prefix_index"], "exact", "{e}");
+    assert_eq!(e["kv_events"]["blocks"], 2, "{e}");
+    // seq 3 after 0: a gap → 409 with the seq expected, and the endpoint falls back.
+    let r = call(
+        &app,
+        json_req("/v1/kv-events", &kv_body("10.0.0.1:8000", 3, false, &[9])),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.json::<Value>(), json!({"next_seq": 1, "resync": true}));
+    assert_eq!(
+        table_json(&app).await["endpoints"][0]["prefix_index"],
+        "approximate"
+    );
+    assert_eq!(state.table().exact_blocks(), 2);
+    // Bad bodies are 400 naming the field, and change nothing.
+    let mut bad = kv_body("10.0.0.1:8000", 1, true, &[5]);
+    bad["block_size"] = json!(0);
+    let msg = call(&app, json_req("/v1/kv-events", &bad))
+        .await
+        .error(400, "invalid_request");
+    assert!(msg.contains("block_size"), "{msg}");
+    let msg = call(&app, raw_req("/v1/kv-events", "{\"seq\": NaN}"))
+        .await
+        .error(400, "invalid_request");
+    assert!(!msg.is_empty());
+    assert_eq!(state.table().exact_blocks(), 2);
+    let metrics = String::from_utf8(call(&app, get("/metrics")).await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("inferpick_picker_kv_events_total{result=\"resync\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("inferpick_picker_kv_blocks_total{change=\"stored\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("inferpick_picker_kv_stream_live{endpoint=\"10.0.0.1:8000\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn kv_events_for_another_pods_address_are_403_from_an_untrusted_peer() {
+    let (_, app) = app_from(Settings::default(), "10.0.0.7:4000");
+    let r = call(
+        &app,
+        json_req("/v1/kv-events", &kv_body("10.0.0.1:8000", 0, true, &[1])),
+    )
+    .await;
+    r.error(403, "forbidden");
+}

@@ -9,6 +9,7 @@ use super::request::ResolvedRequest;
 use crate::table::{
     Endpoint, EndpointState, Holders, Inflight, ModelKey, ScanRecord, ShardView, Slot, Snapshot,
 };
+use std::sync::atomic::Ordering;
 
 /// How the requested model relates to an endpoint's adapters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +87,11 @@ pub(crate) struct Candidate {
     pub(crate) inflight_requests: u64,
     pub(crate) inflight_tokens: u64,
     pub(crate) kv: Option<f64>,
-    /// Leading prompt blocks the prefix index says it holds.
-    pub(crate) cached_blocks: u32,
+    /// Leading prompt tokens it holds: by its engine's KV events when its stream is live, else
+    /// as the approximate index guesses.
+    pub(crate) cached_tokens: u32,
+    /// `cached_tokens` comes from the KV events.
+    pub(crate) cached_exact: bool,
     /// It served this session before.
     pub(crate) session_hit: bool,
     pub(crate) adapter: AdapterState,
@@ -269,6 +273,18 @@ impl<'s, 'r> Scan<'s, 'r> {
         } else {
             (Inflight::default(), 0.0)
         };
+        let cached_exact = !self.request.tokens.is_empty()
+            && self
+                .snapshot
+                .cell(id)
+                .exact_until_ns
+                .load(Ordering::Acquire)
+                > self.now_ns;
+        let cached_tokens = if cached_exact {
+            self.holders.exact.tokens(id)
+        } else {
+            (f64::from(self.holders.blocks(id)) * self.request.tokens_per_block) as u32
+        };
         cands.push(Candidate {
             slot,
             arrived_ns: record.arrived_ns,
@@ -281,7 +297,8 @@ impl<'s, 'r> Scan<'s, 'r> {
             inflight_requests: inflight.requests,
             inflight_tokens: inflight.prompt_tokens,
             kv: record.kv(),
-            cached_blocks: self.holders.blocks(id),
+            cached_tokens,
+            cached_exact,
             session_hit: self.holders.session_hit(id),
             adapter: if is_adapter {
                 AdapterState::of(endpoint, self.request.model)

@@ -19,6 +19,9 @@ pub struct Explain {
     pub prompt_tokens: u64,
     /// Resolve: leading prompt blocks hashed for prefix affinity.
     pub prompt_blocks: usize,
+    /// Resolve: leading prompt tokens looked up in the token-exact index (sent as ids, or from the
+    /// model's tokenizer; 0 without either).
+    pub prefix_tokens: usize,
     /// Candidates: why the endpoints serving the model that were left out were.
     pub tally: Tally,
     /// Score: what a candidate's `score` means.
@@ -52,8 +55,13 @@ pub struct ExplainedCandidate {
     pub inflight_prompt_tokens: u64,
     /// KV cache utilization as reported.
     pub kv_cache_utilization: Option<f64>,
-    /// Leading prompt blocks the prefix index says it holds.
+    /// `cached_tokens` in the approximate index's blocks (about 16 tokens each).
     pub cached_blocks: u32,
+    /// Leading prompt tokens it holds.
+    pub cached_tokens: u32,
+    /// `cached_tokens` is exact: from its engine's KV events (its stream is live); otherwise the
+    /// approximate index's guess from past decisions.
+    pub cached_exact: bool,
     /// It served this session before.
     pub session_hit: bool,
     /// How the requested model relates to its adapters.

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::tokenize::Tokenizers;
 use inferpick_schema::{Decision, PickRequest};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -71,6 +72,10 @@ pub struct SchedulerConfig {
     pub cost: CostModel,
     /// Most leading prompt blocks hashed for prefix affinity.
     pub prefix_max_blocks: usize,
+    /// Most leading prompt tokens looked up in the token-exact index (and tokenized for it).
+    pub prefix_max_tokens: usize,
+    /// Each model's tokenizer, for the token-exact index.
+    pub tokenizers: Tokenizers,
     /// `gie`: an endpoint whose report is older than this counts as saturated (GIE uses 200 ms).
     pub gie_stale_after: Duration,
     /// Most fallbacks a request may ask for.
@@ -86,6 +91,8 @@ impl Default for SchedulerConfig {
             saturation: Saturation::default(),
             cost: CostModel::default(),
             prefix_max_blocks: 256,
+            prefix_max_tokens: 8192,
+            tokenizers: Tokenizers::default(),
             gie_stale_after: Duration::from_millis(200),
             max_fallbacks: 16,
         }
@@ -268,7 +275,10 @@ impl Scheduler {
         let model = request::model(&self.config, &snapshot, request, &mut rng)?;
         let resolved = request::resolve(&self.config, reads, request, &model)?;
         // 2. affinity
-        let holders = table.holders(resolved.model_key, &resolved.blocks, resolved.session);
+        let mut holders = table.holders(resolved.model_key, &resolved.blocks, resolved.session);
+        if reads.prefix {
+            holders.exact = table.exact_matches(resolved.model_key, &resolved.tokens);
+        }
         // 3–6. candidates, score, saturation, choose
         let choice = self.choose(&snapshot, &resolved, &holders, now, explain, &mut rng)?;
         // 7. record
@@ -437,7 +447,9 @@ impl Scheduler {
                     inflight_requests: c.inflight_requests,
                     inflight_prompt_tokens: c.inflight_tokens,
                     kv_cache_utilization: c.kv,
-                    cached_blocks: c.cached_blocks,
+                    cached_blocks: (f64::from(c.cached_tokens) / request.tokens_per_block) as u32,
+                    cached_tokens: c.cached_tokens,
+                    cached_exact: c.cached_exact,
                     session_hit: c.session_hit,
                     adapter: c.adapter.as_str(),
                     saturated: self
@@ -469,6 +481,7 @@ impl Scheduler {
             priority: request.priority,
             prompt_tokens: request.prompt_tokens,
             prompt_blocks: request.blocks.len(),
+            prefix_tokens: request.tokens.len(),
             tally: scan.tally,
             score_is: self.profile.score_is(),
             pool_saturated: saturated,

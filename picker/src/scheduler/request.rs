@@ -10,7 +10,13 @@ use rand::rngs::SmallRng;
 
 use super::profile::Reads;
 use super::{PickError, RewriteTarget, SchedulerConfig};
-use crate::prefix::{block_hashes, session_hash};
+use crate::prefix::{BLOCK_BYTES, block_hashes, session_hash};
+use inferpick_schema::kv::block_keys;
+
+/// Tokens per block when the approximate index keys a prompt given as token ids.
+const TOKEN_BLOCK: usize = 16;
+/// Their chain's root, apart from the exact index's roots.
+const TOKEN_ROOT: u64 = 0x6170_7072_6f78_2d74;
 use crate::table::{ModelKey, Snapshot};
 
 /// Most entries in `candidates` or `exclude`.
@@ -25,8 +31,14 @@ pub(crate) struct ResolvedRequest<'r> {
     pub(crate) priority: i32,
     /// The prompt's tokens, as sent or estimated.
     pub(crate) prompt_tokens: u64,
-    /// Chained hashes of the prompt's leading blocks (empty when the profile does not read them).
+    /// Chained hashes of the prompt's leading blocks for the approximate index (empty when the
+    /// profile does not read them).
     pub(crate) blocks: Vec<u64>,
+    /// Prompt tokens one approximate block stands for.
+    pub(crate) tokens_per_block: f64,
+    /// The prompt's leading token ids, for the token-exact index: as sent, or from the model's
+    /// tokenizer (empty when neither, or when the profile does not read the prefix).
+    pub(crate) tokens: Cow<'r, [u32]>,
     /// The session's key (when the profile reads it).
     pub(crate) session: Option<u64>,
     /// Endpoints to choose among, when the request names them.
@@ -45,18 +57,42 @@ pub(crate) fn resolve<'r>(
     model: &'r str,
 ) -> Result<ResolvedRequest<'r>, PickError> {
     let cost = &config.cost;
+    let ids = r.prompt_token_ids.as_deref();
     let prompt_tokens = r
         .prompt_tokens
         .map(u64::from)
+        .or_else(|| ids.map(|t| t.len() as u64))
         .or_else(|| {
             r.prompt
                 .as_ref()
                 .map(|p| (p.len() as f64 / cost.chars_per_token).ceil() as u64)
         })
         .unwrap_or(cost.default_prompt_tokens);
-    let blocks = match &r.prompt {
-        Some(p) if reads.prefix => block_hashes(p, config.prefix_max_blocks),
-        _ => Vec::new(),
+    let max_tokens = config.prefix_max_tokens;
+    let tokens: Cow<'r, [u32]> = match (ids, &r.prompt) {
+        _ if !reads.prefix => Cow::Borrowed(&[]),
+        (Some(ids), _) => Cow::Borrowed(&ids[..ids.len().min(max_tokens)]),
+        (None, Some(p)) => config
+            .tokenizers
+            .get(model)
+            .map_or(Cow::Borrowed(&[][..]), |t| {
+                Cow::Owned(t.leading_tokens(p, max_tokens))
+            }),
+        (None, None) => Cow::Borrowed(&[]),
+    };
+    // The approximate index keys text by 64-byte blocks and token ids by the engines' usual
+    // 16-token blocks; either stands for about 16 tokens.
+    let (blocks, tokens_per_block) = match (&r.prompt, ids) {
+        _ if !reads.prefix => (Vec::new(), 1.0),
+        (Some(p), _) => (
+            block_hashes(p, config.prefix_max_blocks),
+            BLOCK_BYTES as f64 / cost.chars_per_token,
+        ),
+        (None, Some(ids)) => (
+            block_keys(TOKEN_ROOT, ids, TOKEN_BLOCK, config.prefix_max_blocks),
+            TOKEN_BLOCK as f64,
+        ),
+        (None, None) => (Vec::new(), 1.0),
     };
     let session = r
         .session
@@ -69,6 +105,8 @@ pub(crate) fn resolve<'r>(
         priority: priority(config, r)?,
         prompt_tokens,
         blocks,
+        tokens_per_block,
+        tokens,
         session,
         candidates: r.candidates.as_deref(),
         exclude: r.exclude.as_deref().unwrap_or(&[]),

@@ -1078,3 +1078,202 @@ fn gie_scores_a_waiting_adapter_with_a_free_slot_as_a_free_slot() {
     assert_eq!(c["adapter"], "waiting");
     assert_eq!(c["parts"]["lora"], 0.8, "{c}");
 }
+
+/// A KV-event message saying `address` holds `keys` (a reset, at `seq`).
+fn kv(
+    address: &str,
+    seq: u64,
+    keys: Vec<u64>,
+    state: inferpick_schema::KvStreamState,
+) -> inferpick_schema::KvEvents {
+    inferpick_schema::KvEvents {
+        schema_version: inferpick_schema::SCHEMA_VERSION,
+        endpoint: address.into(),
+        stream: format!("agent-{address}"),
+        seq,
+        state,
+        block_size: 16,
+        reset: true,
+        cleared: false,
+        groups: vec![inferpick_schema::KvGroup {
+            adapter: None,
+            stored: keys,
+            removed: vec![],
+        }],
+    }
+}
+
+#[test]
+fn exact_kv_blocks_route_to_the_holder_and_a_stale_stream_falls_back() {
+    use inferpick_schema::KvStreamState::{Live, Stale};
+    use inferpick_schema::kv::{BASE_ROOT, block_keys};
+    let pods: Vec<LoadReport> = (1..=4)
+        .map(|i| pod(&format!("10.0.0.{i}:8000"), 0, 2, 0.2))
+        .collect();
+    let t = table(pods);
+    let prompt: Vec<u32> = (0..2048).collect();
+    // 10.0.0.3 holds the first 100 blocks (1,600 tokens) by its engine's account.
+    let keys = block_keys(BASE_ROOT, &prompt, 16, 100);
+    assert!(
+        !t.ingest_kv(kv("10.0.0.3:8000", 0, keys.clone(), Live), NOW)
+            .unwrap()
+            .refused
+    );
+    let s = sched(Policy::Inferpick);
+    let ask = PickRequest {
+        prompt_token_ids: Some(prompt.clone()),
+        ..req()
+    };
+    for _ in 0..5 {
+        let pick = s.pick_explained(&t, &ask, NOW).unwrap();
+        assert_eq!(&*pick.endpoint, "10.0.0.3:8000");
+        let explain = serde_json::to_value(pick.explain.unwrap()).unwrap();
+        assert_eq!(explain["prefix_tokens"], 2048);
+        let holder = explain["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["endpoint"] == "10.0.0.3:8000")
+            .unwrap()
+            .clone();
+        assert_eq!(holder["cached_tokens"], 1600, "{holder}");
+        assert_eq!(holder["cached_exact"], true, "{holder}");
+    }
+    // The stream goes stale: the endpoint is scored on the approximate index (which remembers
+    // the picks above, so it still leads, but not exactly).
+    t.ingest_kv(
+        inferpick_schema::KvEvents {
+            reset: false,
+            groups: vec![],
+            ..kv("10.0.0.3:8000", 1, vec![], Stale)
+        },
+        NOW,
+    )
+    .unwrap();
+    let pick = s.pick_explained(&t, &ask, NOW).unwrap();
+    let explain = serde_json::to_value(pick.explain.unwrap()).unwrap();
+    assert!(
+        explain["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["cached_exact"] == false),
+        "{explain}"
+    );
+    // A live stream heard longer ago than kv_max_age falls back too.
+    t.ingest_kv(kv("10.0.0.2:8000", 0, keys, Live), NOW)
+        .unwrap();
+    let later = NOW + TableConfig::default().kv_max_age + Duration::from_millis(1);
+    let fresh: Vec<LoadReport> = (1..=4)
+        .map(|i| {
+            let mut r = pod(&format!("10.0.0.{i}:8000"), 0, 2, 0.2);
+            r.seq = 2;
+            r
+        })
+        .collect();
+    t.ingest_batch(fresh, later).unwrap();
+    let pick = s.pick_explained(&t, &ask, later).unwrap();
+    let explain = serde_json::to_value(pick.explain.unwrap()).unwrap();
+    let two = explain["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["endpoint"] == "10.0.0.2:8000")
+        .unwrap()
+        .clone();
+    assert_eq!(two["cached_exact"], false, "{two}");
+}
+
+#[test]
+fn kv_events_for_an_unknown_endpoint_ask_for_a_resync_and_bad_ones_name_the_field() {
+    let t = table(vec![pod("10.0.0.1:8000", 0, 0, 0.1)]);
+    let out = t
+        .ingest_kv(
+            kv(
+                "10.0.0.9:8000",
+                0,
+                vec![1],
+                inferpick_schema::KvStreamState::Live,
+            ),
+            NOW,
+        )
+        .unwrap();
+    assert!(out.refused && out.ack.resync);
+    let mut bad = kv(
+        "10.0.0.1:8000",
+        0,
+        vec![1],
+        inferpick_schema::KvStreamState::Live,
+    );
+    bad.block_size = 0;
+    assert_eq!(t.ingest_kv(bad, NOW).unwrap_err().field, "block_size");
+    assert_eq!(t.exact_blocks(), 0);
+}
+
+#[test]
+fn a_text_prompt_is_tokenized_with_the_models_tokenizer_for_the_exact_index() {
+    use inferpick_schema::kv::{BASE_ROOT, block_keys};
+    let words: Vec<String> = (0..64).map(|i| format!("w{i}")).collect();
+    let vocab: Vec<&str> = words.iter().map(String::as_str).collect();
+    let tokenizer = crate::tokenize::tests::word_level(&vocab);
+    let mut tokenizers = crate::tokenize::Tokenizers::default();
+    tokenizers.insert(MODEL.into(), tokenizer);
+    let s = Scheduler::new(
+        Policy::Inferpick,
+        SchedulerConfig {
+            seed: Some(7),
+            tokenizers,
+            ..SchedulerConfig::default()
+        },
+    );
+    let t = table(
+        (1..=3)
+            .map(|i| pod(&format!("10.0.0.{i}:8000"), 0, 1, 0.1))
+            .collect(),
+    );
+    let ids: Vec<u32> = (0..320).map(|i| i % 64).collect();
+    let text = ids
+        .iter()
+        .map(|i| format!("w{i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    t.ingest_kv(
+        kv(
+            "10.0.0.2:8000",
+            0,
+            block_keys(BASE_ROOT, &ids, 16, 20),
+            inferpick_schema::KvStreamState::Live,
+        ),
+        NOW,
+    )
+    .unwrap();
+    let pick = s
+        .pick_explained(
+            &t,
+            &PickRequest {
+                prompt: Some(text),
+                ..req()
+            },
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(&*pick.endpoint, "10.0.0.2:8000");
+    let explain = serde_json::to_value(pick.explain.unwrap()).unwrap();
+    assert_eq!(explain["prefix_tokens"], 320, "{explain}");
+    // A model without a tokenizer looks nothing up exactly.
+    let s = sched(Policy::Inferpick);
+    let pick = s
+        .pick_explained(
+            &t,
+            &PickRequest {
+                prompt: Some("w1 w2 w3".into()),
+                ..req()
+            },
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(pick.explain.unwrap()).unwrap()["prefix_tokens"],
+        0
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::{EndpointId, ModelKey};
+use super::{EndpointId, ExactMatch, ModelKey};
 use crate::hashing::KeyHashing;
 use crate::prefix::PrefixIndex;
 
@@ -12,6 +12,8 @@ use crate::prefix::PrefixIndex;
 pub(crate) struct Holders {
     pub(crate) prefix: Vec<(EndpointId, u32)>,
     pub(crate) session: Vec<(EndpointId, u32)>,
+    /// Leading tokens held by the KV events' account (read only for endpoints whose stream is live).
+    pub(crate) exact: ExactMatch,
 }
 
 impl Holders {
@@ -33,6 +35,7 @@ impl Holders {
             .prefix
             .iter()
             .chain(&self.session)
+            .chain(&self.exact.tokens)
             .map(|&(id, _)| id)
             .collect();
         ids.sort_unstable();
@@ -83,6 +86,7 @@ impl Affinity {
         Holders {
             prefix: typed(index.matches(blocks)),
             session: session.map_or_else(Vec::new, |k| typed(index.matches(&[k]))),
+            exact: ExactMatch::default(),
         }
     }
 

@@ -46,6 +46,9 @@ pub(crate) struct CounterCell {
     /// report shows a routed request as one more running request, not the prefill it still carries.
     pub(crate) prefill_busy_until_ns: AtomicU64,
     pub(crate) routed_total: AtomicU64,
+    /// Until when (nanoseconds on the picker's clock) the endpoint is routed on its exact KV blocks:
+    /// its KV-event stream was last heard live, plus `kv_max_age`; 0 when it has no live stream.
+    pub(crate) exact_until_ns: AtomicU64,
     /// Where the endpoint was last published: shard in the high 32 bits, index in the low ones.
     /// A reader checks it against its snapshot (it may be newer), see `Snapshot::locate`.
     pub(crate) position: AtomicU64,
@@ -152,6 +155,7 @@ impl IdAllocator {
         c.close_epoch();
         c.routed_total.store(0, Ordering::Relaxed);
         c.prefill_busy_until_ns.store(0, Ordering::Release);
+        c.exact_until_ns.store(0, Ordering::Release);
         counters
     }
 

@@ -14,6 +14,7 @@
 //! - `ledger`: decisions open for `done` feedback.
 //! - `capacity`: the per-endpoint prefill capacity estimate.
 //! - `affinity`: the prefix index of each model (which endpoint probably holds which blocks).
+//! - `exact`: the token-exact index of each model, from the engines' KV events.
 //!
 //! Time is an argument everywhere (`now`, from an arbitrary origin), so the simulator can drive the
 //! same code with simulated time.
@@ -22,6 +23,7 @@ mod affinity;
 mod capacity;
 mod counters;
 mod endpoint;
+mod exact;
 mod ingest;
 mod ledger;
 mod snapshot;
@@ -31,9 +33,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use inferpick_schema::ValidationError;
+use inferpick_schema::kv::{KvEvents, KvStreamState};
 
 pub use counters::{EndpointId, Inflight};
 pub use endpoint::{Endpoint, EndpointState, ModelKey};
+pub use exact::{KvOutcome, StreamView};
 pub use ingest::{IngestError, IngestOutcome};
 pub use ledger::DoneOutcome;
 pub use snapshot::Snapshot;
@@ -43,9 +48,11 @@ pub(crate) use ledger::Routed;
 pub(crate) use snapshot::{ShardView, Slot};
 
 pub(crate) use affinity::Holders;
+pub(crate) use exact::ExactMatch;
 
 use affinity::Affinity;
 use counters::IdAllocator;
+use exact::Exact;
 use ledger::Ledger;
 use snapshot::SHARDS;
 
@@ -66,6 +73,12 @@ pub struct TableConfig {
     /// Most endpoints the table holds: a report for a new endpoint beyond it is refused, so a flood
     /// of made-up endpoints cannot exhaust memory. Endpoints already in the table keep updating.
     pub max_endpoints: usize,
+    /// Most KV blocks the exact index keeps per endpoint (from its engine's KV events); blocks
+    /// stored past it are not recorded.
+    pub exact_blocks_per_endpoint: usize,
+    /// An endpoint whose KV-event stream was last heard live longer ago than this is routed on the
+    /// approximate index.
+    pub kv_max_age: Duration,
 }
 
 impl Default for TableConfig {
@@ -76,6 +89,8 @@ impl Default for TableConfig {
             max_open_decisions: 100_000,
             prefix_blocks_per_endpoint: 8192,
             max_endpoints: DEFAULT_MAX_ENDPOINTS,
+            exact_blocks_per_endpoint: 262_144,
+            kv_max_age: Duration::from_secs(5),
         }
     }
 }
@@ -92,6 +107,7 @@ pub struct Table {
     publish: Mutex<()>,
     ledger: Mutex<Ledger>,
     affinity: Mutex<Affinity>,
+    exact: Mutex<Exact>,
     ids: Mutex<IdAllocator>,
     /// Endpoints in the table. A push reserves room for its new endpoints here before it changes
     /// anything, so the cap holds across shards written concurrently.
@@ -114,6 +130,7 @@ impl Table {
                 max_report_age: config.max_report_age,
             }),
             affinity: Mutex::new(Affinity::new(config.prefix_blocks_per_endpoint)),
+            exact: Mutex::new(Exact::new(config.exact_blocks_per_endpoint)),
             config: ArcSwap::from_pointee(config),
             writers: (0..SHARDS).map(|_| Mutex::new(())).collect(),
             publish: Mutex::new(()),
@@ -133,6 +150,7 @@ impl Table {
     pub fn set_config(&self, config: TableConfig) {
         let _publishing = lock(&self.publish);
         lock(&self.affinity).set_capacity(config.prefix_blocks_per_endpoint);
+        lock(&self.exact).set_max_blocks(config.exact_blocks_per_endpoint);
         let max_report_age = config.max_report_age;
         self.config.store(Arc::new(config));
         let current = self.published.load();
@@ -224,6 +242,11 @@ impl Table {
                 affinity.forget(*id);
             }
             drop(affinity);
+            let mut exact = lock(&self.exact);
+            for id in &forgotten {
+                exact.forget(*id);
+            }
+            drop(exact);
             lock(&self.ids).release(forgotten.iter().copied());
         }
         forgotten.len()
@@ -235,6 +258,64 @@ impl Table {
             return Holders::default();
         }
         lock(&self.affinity).holders(model, blocks, session)
+    }
+
+    /// How many leading `tokens` each endpoint of `model` holds, by its engine's KV events.
+    pub(crate) fn exact_matches(&self, model: ModelKey, tokens: &[u32]) -> ExactMatch {
+        if tokens.is_empty() {
+            return ExactMatch::default();
+        }
+        lock(&self.exact).matches(model, tokens)
+    }
+
+    /// Applies one endpoint's KV-event message (`POST /v1/kv-events`). An endpoint the table does
+    /// not hold yet (its first report has not arrived) is answered with a resync, applying nothing.
+    pub fn ingest_kv(&self, msg: KvEvents, now: Duration) -> Result<KvOutcome, ValidationError> {
+        msg.validate()?;
+        let snapshot = self.snapshot();
+        let Some(endpoint) = snapshot.get(&msg.endpoint) else {
+            return Ok(KvOutcome::refused(0));
+        };
+        let mut bases = endpoint
+            .report
+            .models
+            .iter()
+            .filter(|m| m.adapter_of.is_none());
+        let base = match (bases.next(), bases.next()) {
+            (Some(m), None) => Some(ModelKey::of(&m.name)),
+            _ => None,
+        };
+        let id = endpoint.id();
+        let outcome = lock(&self.exact).apply(id, base, &msg);
+        let live = !outcome.refused && msg.state == KvStreamState::Live;
+        let until = if live {
+            duration_ns(now + self.config.load().kv_max_age)
+        } else {
+            0
+        };
+        endpoint
+            .counters
+            .cell()
+            .exact_until_ns
+            .store(until, Ordering::Release);
+        Ok(outcome)
+    }
+
+    /// `endpoint`'s KV-event stream, when it has one, and whether picks use it at `now`.
+    pub fn kv_stream(&self, endpoint: &Endpoint, now: Duration) -> Option<StreamView> {
+        let mut view = lock(&self.exact).stream_of(endpoint.id())?;
+        view.routing = endpoint
+            .counters
+            .cell()
+            .exact_until_ns
+            .load(Ordering::Acquire)
+            > duration_ns(now);
+        Some(view)
+    }
+
+    /// KV blocks the exact index holds, over every endpoint.
+    pub fn exact_blocks(&self) -> usize {
+        lock(&self.exact).blocks()
     }
 
     /// Records a decision: counts `routed` into `endpoint`'s in-flight estimate, remembers the

@@ -70,7 +70,9 @@ impl Profile for Gie {
     ) {
         let qmin = cands.iter().map(|c| c.waiting).min().unwrap_or(0);
         let qmax = cands.iter().map(|c| c.waiting).max().unwrap_or(0);
-        let blocks = request.blocks.len();
+        // The share of the prompt's looked-up head that the endpoint holds, as GIE's prefix scorer.
+        let approx = request.blocks.len() as f64 * request.tokens_per_block;
+        let exact = request.tokens.len() as f64;
         for c in cands.iter_mut() {
             let queue = if qmax > qmin {
                 (qmax - c.waiting) as f64 / (qmax - qmin) as f64
@@ -78,8 +80,9 @@ impl Profile for Gie {
                 1.0
             };
             let kv = 1.0 - c.kv.unwrap_or(0.0);
-            let prefix = if blocks > 0 {
-                f64::from(c.cached_blocks) / blocks as f64
+            let looked_up = if c.cached_exact { exact } else { approx };
+            let prefix = if looked_up > 0.0 {
+                (f64::from(c.cached_tokens) / looked_up).min(1.0)
             } else {
                 0.0
             };

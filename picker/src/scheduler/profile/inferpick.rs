@@ -19,7 +19,6 @@ use rand::Rng;
 use rand::rngs::SmallRng;
 
 use super::{Parts, Policy, Profile, Reads, best_rest};
-use crate::prefix::BLOCK_BYTES;
 use crate::scheduler::candidates::{AdapterState, Candidate};
 use crate::scheduler::request::ResolvedRequest;
 use crate::scheduler::saturation::LoadSignals;
@@ -136,7 +135,6 @@ impl Profile for Inferpick {
         // endpoint whose estimate runs high would otherwise look faster than its peers and draw the
         // long prompts, which is what makes their tail.
         let throughput = capacity_sum / cands.len().max(1) as f64;
-        let tokens_per_block = BLOCK_BYTES as f64 / m.chars_per_token;
         for c in cands.iter_mut() {
             let load = c.load();
             let overloaded = load > min_load + m.prefix_imbalance_requests
@@ -144,7 +142,7 @@ impl Profile for Inferpick {
             let credit = if overloaded {
                 0.0
             } else {
-                f64::from(c.cached_blocks) * tokens_per_block
+                f64::from(c.cached_tokens)
             };
             let uncached = (request.prompt_tokens as f64 - credit).max(0.0);
             let queued = (c.waiting * m.default_prompt_tokens) as f64;
