@@ -174,7 +174,11 @@ fn tokenizer() -> (ModelTokenizer, Vec<String>) {
                 .wrapping_add(1442695040888963407);
             let w = words[(x >> 33) as usize % words.len()];
             line.push_str(w);
-            line.push(if (x >> 20).is_multiple_of(13) { '.' } else { ' ' });
+            line.push(if (x >> 20).is_multiple_of(13) {
+                '.'
+            } else {
+                ' '
+            });
             if (x >> 12).is_multiple_of(17) {
                 line.push_str(&format!("{} ", (x >> 40) % 1000));
             }
@@ -273,9 +277,7 @@ fn main() {
             time(&|| {
                 let k = next.get();
                 next.set(k + 1);
-                drop(black_box(
-                    tok.leading_tokens(&turns[k % turns.len()], max),
-                ))
+                drop(black_box(tok.leading_tokens(&turns[k % turns.len()], max)))
             }),
         ),
         (

@@ -202,12 +202,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Closes decision `id` (a request finished), counting it under `source` (`http`, `extproc`).
-pub fn done(state: &AppState, id: uuid::Uuid, source: &'static str) -> DoneOutcome {
-    let outcome = state.table().done(id.as_u128(), state.now());
-    state
-        .metrics()
-        .done(source, matches!(outcome, DoneOutcome::Closed));
+/// Closes decision `id` (a request finished), counting it under `source` (`http`, `extproc`);
+/// `cached_tokens`, when the engine's usage said it, is compared with what the pick predicted.
+pub fn done(
+    state: &AppState,
+    id: uuid::Uuid,
+    source: &'static str,
+    cached_tokens: Option<u32>,
+) -> DoneOutcome {
+    let (outcome, predicted) = state.table().close(id.as_u128(), state.now());
+    let metrics = state.metrics();
+    metrics.done(source, matches!(outcome, DoneOutcome::Closed));
+    if let (Some(predicted), Some(actual)) = (predicted, cached_tokens) {
+        metrics.prefix_prediction(predicted, actual);
+    }
     outcome
 }
 

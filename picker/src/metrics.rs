@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 
 use crate::clock::Clock;
 use crate::scheduler::{PickError, Policy, Scheduler};
-use crate::table::{EndpointState, KvOutcome, Table};
+use crate::table::{EndpointState, KvOutcome, Prediction, Table};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -64,6 +64,9 @@ pub struct Metrics {
     reports: Family<ResultLabels, Counter>,
     kv_events: Family<ResultLabels, Counter>,
     kv_blocks: Family<ChangeLabels, Counter>,
+    prediction_error: Family<IndexLabels, Histogram>,
+    predicted_tokens: Family<IndexLabels, Counter>,
+    actual_tokens: Family<IndexLabels, Counter>,
     info: Family<InfoLabels, Gauge>,
     done: Family<DoneLabels, Counter>,
     first_byte: Histogram,
@@ -77,6 +80,17 @@ type RefusalKey = (&'static str, &'static str);
 /// A refusal reason is logged at most once per this period, so a flood of bad pushes cannot
 /// flood the log; the next line says how many went unlogged.
 const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(1);
+
+/// Bucket bounds of the prefix prediction error, in tokens.
+const PREDICTION_ERROR_BUCKETS: [f64; 15] = [
+    -8192.0, -2048.0, -512.0, -128.0, -32.0, -8.0, -1.0, 0.0, 1.0, 8.0, 32.0, 128.0, 512.0, 2048.0,
+    8192.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IndexLabels {
+    index: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChangeLabels {
@@ -105,6 +119,12 @@ impl Metrics {
             reports: Family::default(),
             kv_events: Family::default(),
             kv_blocks: Family::default(),
+            // Signed error in tokens: −8192 … 8192, finer near 0.
+            prediction_error: Family::new_with_constructor(|| {
+                Histogram::new(PREDICTION_ERROR_BUCKETS.iter().copied())
+            }),
+            predicted_tokens: Family::default(),
+            actual_tokens: Family::default(),
             info: Family::default(),
             done: Family::default(),
             // 5 ms … about 80 s.
@@ -145,6 +165,21 @@ impl Metrics {
             "inferpick_picker_kv_blocks",
             "KV blocks changed in the token-exact index, by change (stored, removed, over_bound: not recorded, the endpoint at its bound)",
             m.kv_blocks.clone(),
+        );
+        registry.register(
+            "inferpick_picker_prefix_prediction_error_tokens",
+            "Per closed request whose engine reported its cached prompt tokens: the cached tokens the pick counted on minus those the engine reported (positive: the picker expected more), by the index it used (exact, approximate)",
+            m.prediction_error.clone(),
+        );
+        registry.register(
+            "inferpick_picker_prefix_predicted_tokens",
+            "Cached prompt tokens the picks counted on, over the requests whose engine reported its own count, by index",
+            m.predicted_tokens.clone(),
+        );
+        registry.register(
+            "inferpick_picker_prefix_actual_tokens",
+            "Cached prompt tokens the engines reported for those same requests, by index",
+            m.actual_tokens.clone(),
         );
         registry.register(
             "inferpick_picker_info",
@@ -275,6 +310,26 @@ impl Metrics {
         };
         let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
         tracing::warn!(result, %peer, unlogged, "{what} refused: {error}");
+    }
+
+    /// Compares the cached tokens a pick counted on with what the engine reported.
+    pub fn prefix_prediction(&self, predicted: Prediction, actual: u32) {
+        let labels = IndexLabels {
+            index: if predicted.exact {
+                "exact"
+            } else {
+                "approximate"
+            },
+        };
+        self.prediction_error
+            .get_or_create(&labels)
+            .observe(f64::from(predicted.cached_tokens) - f64::from(actual));
+        self.predicted_tokens
+            .get_or_create(&labels)
+            .inc_by(u64::from(predicted.cached_tokens));
+        self.actual_tokens
+            .get_or_create(&labels)
+            .inc_by(u64::from(actual));
     }
 
     /// Counts one applied (or resync-refused) KV-event message and the blocks it changed.

@@ -82,6 +82,10 @@ pub struct DoneRequest {
     /// Measured time to first token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttft_ms: Option<f64>,
+    /// Prompt tokens the engine served from its prefix cache (the response's
+    /// `usage.prompt_tokens_details.cached_tokens`): checks the picker's prediction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u32>,
     /// HTTP status the engine answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,

@@ -67,8 +67,8 @@ impl Decide for PickerDecide {
         self.state.metrics().first_byte(after);
     }
 
-    fn done(&self, decision: uuid::Uuid) {
-        front::done(&self.state, decision, "extproc");
+    fn done(&self, decision: uuid::Uuid, cached_tokens: Option<u32>) {
+        front::done(&self.state, decision, "extproc", cached_tokens);
     }
 }
 

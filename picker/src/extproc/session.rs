@@ -67,8 +67,9 @@ pub trait Decide: Send + Sync + 'static {
     ) -> Result<Decided, Refusal>;
     /// The response's first body chunk arrived `after` the decision.
     fn first_byte(&self, decision: uuid::Uuid, after: Duration);
-    /// The request is over: close its in-flight accounting.
-    fn done(&self, decision: uuid::Uuid);
+    /// The request is over: close its in-flight accounting. `cached_tokens` is the engine's
+    /// `usage.prompt_tokens_details.cached_tokens`, when the response said it.
+    fn done(&self, decision: uuid::Uuid, cached_tokens: Option<u32>);
 }
 
 /// Largest request body the session buffers to read the model and prompt from.
@@ -96,7 +97,66 @@ pub struct Session<D: Decide> {
     body: Vec<u8>,
     decision: Option<(uuid::Uuid, Instant)>,
     saw_first_byte: bool,
+    usage: UsageScan,
     closed: bool,
+}
+
+/// Finds `"cached_tokens": N` in a response body as its chunks go by, keeping the last one (a
+/// streamed response states its usage in its last event). Keeps only a few bytes between chunks,
+/// so a key split across two chunks is still found.
+#[derive(Debug, Default)]
+pub(crate) struct UsageScan {
+    tail: Vec<u8>,
+    cached: Option<u32>,
+}
+
+impl UsageScan {
+    const KEY: &'static [u8] = b"\"cached_tokens\"";
+    /// Enough for the key, spacing and a 10-digit number.
+    const KEEP: usize = 40;
+
+    pub(crate) fn feed(&mut self, chunk: &[u8]) {
+        if chunk.is_empty() {
+            return;
+        }
+        let mut window = std::mem::take(&mut self.tail);
+        window.extend_from_slice(&chunk[chunk.len().saturating_sub(64 << 10)..]);
+        let mut from = 0;
+        let mut pending = None;
+        while let Some(at) = find(&window[from..], Self::KEY).map(|i| from + i) {
+            let mut i = at + Self::KEY.len();
+            while i < window.len() && matches!(window[i], b' ' | b'\t' | b'\n' | b'\r' | b':') {
+                i += 1;
+            }
+            let digits = window[i..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            if i + digits == window.len() {
+                pending = Some(at); // the number may go on in the next chunk
+                break;
+            }
+            if digits > 0
+                && let Ok(n) = std::str::from_utf8(&window[i..i + digits])
+                    .unwrap_or("")
+                    .parse()
+            {
+                self.cached = Some(n);
+            }
+            from = i + digits;
+        }
+        let keep_from = pending.unwrap_or(window.len().saturating_sub(Self::KEEP));
+        self.tail = window[keep_from..].to_vec();
+        self.tail.truncate(Self::KEEP);
+    }
+
+    pub(crate) fn cached_tokens(&self) -> Option<u32> {
+        self.cached
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 impl<D: Decide> Session<D> {
@@ -112,6 +172,7 @@ impl<D: Decide> Session<D> {
             body: Vec::new(),
             decision: None,
             saw_first_byte: false,
+            usage: UsageScan::default(),
             closed: false,
         }
     }
@@ -275,6 +336,9 @@ impl<D: Decide> Session<D> {
             self.saw_first_byte = true;
             self.decide.first_byte(id, at.elapsed());
         }
+        if self.decision.is_some() {
+            self.usage.feed(&b.body);
+        }
         let eos = b.end_of_stream;
         let out = if self.response_streamed {
             streamed(Response::ResponseBody, b.body, eos)
@@ -292,7 +356,7 @@ impl<D: Decide> Session<D> {
             && let Some((id, _)) = self.decision
         {
             self.closed = true;
-            self.decide.done(id);
+            self.decide.done(id, self.usage.cached_tokens());
         }
     }
 }

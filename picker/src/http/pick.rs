@@ -176,7 +176,7 @@ pub(super) async fn done(
         )));
     }
     // An unknown id is not an error: the decision may have been closed already or dropped for memory.
-    crate::front::done(&state, id, "http");
+    crate::front::done(&state, id, "http", done.cached_tokens);
     Ok(StatusCode::NO_CONTENT)
 }
 

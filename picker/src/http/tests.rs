@@ -945,3 +945,48 @@ async fn kv_events_for_another_pods_address_are_403_from_an_untrusted_peer() {
     .await;
     r.error(403, "forbidden");
 }
+
+#[tokio::test]
+async fn done_with_the_engines_cached_tokens_measures_the_prefix_prediction() {
+    let (_, app) = app();
+    push(&app, &[pod("10.0.0.1:8000", 0, 0.1)]).await;
+    let prompt = "You are a helpful assistant. ".repeat(40);
+    let d: Decision = call(
+        &app,
+        json_req("/v1/pick", &json!({"model": MODEL, "prompt": prompt})),
+    )
+    .await
+    .json();
+    // The first pick of a prompt counts on no cached tokens; the engine says it had 320.
+    let r = call(
+        &app,
+        json_req(
+            "/v1/done",
+            &json!({"decision_id": d.decision_id, "cached_tokens": 320}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let metrics = String::from_utf8(call(&app, get("/metrics")).await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("inferpick_picker_prefix_actual_tokens_total{index=\"approximate\"} 320"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "inferpick_picker_prefix_prediction_error_tokens_count{index=\"approximate\"} 1"
+        ),
+        "{metrics}"
+    );
+    // A negative count is refused, naming the field.
+    let msg = call(
+        &app,
+        json_req(
+            "/v1/done",
+            &json!({"decision_id": d.decision_id, "cached_tokens": -1}),
+        ),
+    )
+    .await
+    .error(400, "invalid_request");
+    assert!(msg.contains("cached_tokens"), "{msg}");
+}

@@ -40,7 +40,7 @@ pub use explain::{Excluded, Explain, ExplainedCandidate};
 pub use profile::{CostModel, Policy, UnknownPolicy};
 pub use saturation::Saturation;
 
-use crate::table::{Endpoint, Holders, Routed, Slot, Snapshot, Table, duration_ns};
+use crate::table::{Endpoint, Holders, Prediction, Routed, Slot, Snapshot, Table, duration_ns};
 use candidates::{Candidate, CandidateBuffer, Scan};
 use profile::{Parts, Profile};
 use request::ResolvedRequest;
@@ -190,6 +190,8 @@ struct Choice {
     order: Vec<Slot>,
     /// The prefill the chosen endpoint's backlog grows by (seconds), for profiles that cost it.
     routed_prefill: Option<f64>,
+    /// The cached tokens counted on at the chosen endpoint, when the prompt was looked up.
+    predicted: Option<Prediction>,
     explain: Option<Box<Explain>>,
 }
 
@@ -289,6 +291,7 @@ impl Scheduler {
             prefill: choice
                 .routed_prefill
                 .map(|s| (duration_ns(now), (s * 1e9) as u64)),
+            predicted: choice.predicted,
         };
         table.record(
             chosen,
@@ -363,8 +366,13 @@ impl Scheduler {
                 snapshot, request, &scan, &cands, &parts, &order, saturated, now,
             ))
         });
+        let looked_up = !request.tokens.is_empty() || !request.blocks.is_empty();
         Ok(Choice {
             routed_prefill: self.profile.routed_prefill(chosen),
+            predicted: looked_up.then_some(Prediction {
+                cached_tokens: chosen.cached_tokens,
+                exact: chosen.cached_exact,
+            }),
             order: order.iter().map(|&i| cands[i].slot).collect(),
             explain,
         })

@@ -24,6 +24,17 @@ pub(crate) struct Routed {
     pub(crate) prompt_tokens: u64,
     /// Its prefill, when the profile costs one: routed at `now_ns`, lasting `prefill_ns`.
     pub(crate) prefill: Option<(u64, u64)>,
+    /// The cached prompt tokens the pick counted on, when it looked the prefix up.
+    pub(crate) predicted: Option<Prediction>,
+}
+
+/// The prefix-cache hit a pick counted on, kept to compare with what the engine reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prediction {
+    /// Leading prompt tokens the chosen endpoint was thought to hold.
+    pub cached_tokens: u32,
+    /// From its engine's KV events (else the approximate index).
+    pub exact: bool,
 }
 
 /// A decision still open.
@@ -35,6 +46,7 @@ struct Open {
     /// Its share of the routed prefill backlog: when that backlog reached its end, and its length
     /// (nanoseconds).
     prefill: Option<(u64, u64)>,
+    predicted: Option<Prediction>,
 }
 
 /// Open decisions by id, oldest first out when there are more than the cap.
@@ -75,6 +87,7 @@ impl Ledger {
                 epoch,
                 prompt_tokens: routed.prompt_tokens,
                 prefill,
+                predicted: routed.predicted,
             },
         );
         self.order.push_back(decision);
@@ -96,12 +109,18 @@ impl Ledger {
 
     /// Closes `decision` at `now_ns`: takes out of its endpoint's counters (found in `chunks`)
     /// what it put in and a newer report has not already accounted for.
-    pub(crate) fn close(&mut self, decision: u128, chunks: &Chunks, now_ns: u64) -> DoneOutcome {
+    /// Closes `decision`; returns what was found and the prediction it was made with.
+    pub(crate) fn close(
+        &mut self,
+        decision: u128,
+        chunks: &Chunks,
+        now_ns: u64,
+    ) -> (DoneOutcome, Option<Prediction>) {
         let Some(open) = self.open.remove(&decision) else {
-            return DoneOutcome::Unknown;
+            return (DoneOutcome::Unknown, None);
         };
         let Some(c) = cell(chunks, open.endpoint) else {
-            return DoneOutcome::Closed;
+            return (DoneOutcome::Closed, open.predicted);
         };
         // A finished request's prefill is over: take out what the backlog still holds of it.
         if let Some((end_ns, len_ns)) = open.prefill {
@@ -116,7 +135,7 @@ impl Ledger {
             saturating_sub(&c.inflight_requests, 1);
             saturating_sub(&c.inflight_tokens, open.prompt_tokens);
         }
-        DoneOutcome::Closed
+        (DoneOutcome::Closed, open.predicted)
     }
 
     /// Ids the ledger remembers, open or closed and not yet compacted away.

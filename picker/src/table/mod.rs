@@ -40,7 +40,7 @@ pub use counters::{EndpointId, Inflight};
 pub use endpoint::{Endpoint, EndpointState, ModelKey};
 pub use exact::{KvOutcome, StreamView};
 pub use ingest::{IngestError, IngestOutcome};
-pub use ledger::DoneOutcome;
+pub use ledger::{DoneOutcome, Prediction};
 pub use snapshot::Snapshot;
 
 pub(crate) use endpoint::{ScanRecord, duration_ns};
@@ -344,6 +344,12 @@ impl Table {
 
     /// Closes an open decision: a request the gateway saw finish no longer counts as in flight.
     pub fn done(&self, decision: u128, now: Duration) -> DoneOutcome {
+        self.close(decision, now).0
+    }
+
+    /// [`Table::done`], also returning the prefix-cache hit the pick counted on (when it looked the
+    /// prompt up), to compare with what the engine reports.
+    pub fn close(&self, decision: u128, now: Duration) -> (DoneOutcome, Option<Prediction>) {
         let chunks = self.published.load().chunks.clone();
         lock(&self.ledger).close(decision, &chunks, duration_ns(now))
     }

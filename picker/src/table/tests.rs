@@ -694,6 +694,7 @@ impl Table {
         let routed = Routed {
             prompt_tokens,
             prefill,
+            predicted: None,
         };
         self.record(e, decision, ModelKey::of(MODEL), routed, (keys, None));
     }

@@ -42,7 +42,7 @@ impl Decide for Fake {
     fn first_byte(&self, _: uuid::Uuid, _: Duration) {
         *self.first.lock().unwrap() += 1;
     }
-    fn done(&self, id: uuid::Uuid) {
+    fn done(&self, id: uuid::Uuid, _cached_tokens: Option<u32>) {
         self.done.lock().unwrap().push(id);
     }
 }
@@ -325,4 +325,24 @@ fn streamed_responses_to_buffered_requests_are_not_echoed() {
     );
     assert!(matches!(out[0].response, Some(Response::ResponseBody(_))));
     assert_eq!(*fake.done.lock().unwrap(), vec![ID]);
+}
+
+#[test]
+fn usage_cached_tokens_are_found_across_chunks_and_the_last_one_wins() {
+    let mut scan = UsageScan::default();
+    scan.feed(b"data: {\"choices\":[]}\n\n");
+    assert_eq!(scan.cached_tokens(), None);
+    // Split inside the key, then inside the number.
+    scan.feed(b"data: {\"usage\":{\"prompt_tokens_details\":{\"cach");
+    scan.feed(b"ed_tokens\": 12");
+    assert_eq!(scan.cached_tokens(), None, "the number may go on");
+    scan.feed(b"80}}}\n\n");
+    assert_eq!(scan.cached_tokens(), Some(1280));
+    scan.feed(b"{\"cached_tokens\":7,\"x\":1}");
+    assert_eq!(scan.cached_tokens(), Some(7));
+    // Garbage and a huge body keep the state bounded.
+    scan.feed(&vec![b'9'; 1 << 20]);
+    assert!(scan.tail.len() <= UsageScan::KEEP);
+    scan.feed(b"\"cached_tokens\": null");
+    assert_eq!(scan.cached_tokens(), Some(7));
 }
