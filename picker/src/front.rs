@@ -4,7 +4,7 @@
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
-use inferpick_schema::PickRequest;
+use inferpick_schema::{ChatMessage, PickRequest};
 
 use crate::error::ApiError;
 use crate::scheduler::{Pick, PickError};
@@ -104,6 +104,7 @@ pub fn authz_request(headers: &HeaderMap, body: &[u8]) -> Result<PickRequest, Ap
             .and_then(|v| v.get("model")?.as_str().map(str::to_string)),
     };
     let prompt = json.as_ref().and_then(openai_prompt);
+    let messages = json.as_ref().and_then(openai_messages);
     let max_tokens = json.as_ref().and_then(|v| {
         let n = v
             .get("max_tokens")
@@ -131,9 +132,41 @@ pub fn authz_request(headers: &HeaderMap, body: &[u8]) -> Result<PickRequest, Ap
         session: header(headers, "x-session-id")?.map(str::to_string),
         candidates,
         prompt,
+        messages,
         max_tokens,
         ..PickRequest::default()
     })
+}
+
+/// A chat body's messages, each with its text (string content, or its text parts joined by
+/// newlines; `None` for a message without text).
+fn openai_messages(body: &serde_json::Value) -> Option<Vec<ChatMessage>> {
+    use serde_json::Value;
+    let Some(Value::Array(messages)) = body.get("messages") else {
+        return None;
+    };
+    let messages: Vec<ChatMessage> = messages
+        .iter()
+        .map(|m| ChatMessage {
+            role: m
+                .get("role")
+                .and_then(Value::as_str)
+                .unwrap_or("user")
+                .to_string(),
+            content: match m.get("content") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Array(parts)) => Some(
+                    parts
+                        .iter()
+                        .filter_map(|p| p.get("text").and_then(Value::as_str))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ),
+                _ => None,
+            },
+        })
+        .collect();
+    (!messages.is_empty()).then_some(messages)
 }
 
 /// The prompt text of an OpenAI completions (`prompt`) or chat (`messages[].content`) body.
@@ -233,6 +266,13 @@ mod tests {
         assert_eq!(r.model.as_deref(), Some("m"));
         assert_eq!(r.prompt.as_deref(), Some("You are terse.\nHi\n"));
         assert_eq!(r.max_tokens, Some(64));
+        let messages = r.messages.unwrap();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[1].role, "user");
+        assert_eq!(messages[1].content.as_deref(), Some("Hi"));
+        let tool = br#"{"messages":[{"role":"assistant","content":null,"tool_calls":[]}]}"#;
+        let r = authz_request(&HeaderMap::new(), tool).unwrap();
+        assert_eq!(r.messages.unwrap()[0].content, None);
 
         let completion = br#"{"model":"m","prompt":["a","b"],"max_tokens":7}"#;
         let r = authz_request(&HeaderMap::new(), completion).unwrap();

@@ -15,7 +15,7 @@ pub mod testing;
 
 pub use decode::{DecodeError, decode_json, decode_reports};
 pub use kv::{KvAck, KvEvents, KvGroup, KvLimits, KvStreamState};
-pub use pick::{Decision, DoneRequest, ErrorBody, PickRequest};
+pub use pick::{ChatMessage, Decision, DoneRequest, ErrorBody, PickRequest};
 pub use report::{
     Adapters, AgentInfo, EndpointInfo, EngineKind, EngineStatus, Gpu, Limits, Load, LoadReport,
     ModelEntry, SCHEMA_VERSION, ValidationError,

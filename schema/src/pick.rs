@@ -21,6 +21,10 @@ pub struct PickRequest {
     /// The prompt text, for prefix affinity and a token estimate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
+    /// A chat request's messages: with the model's chat template (from its tokenizer config), the
+    /// picker renders and tokenizes them as the engine will, for token-exact prefix matching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<ChatMessage>>,
     /// The prompt as token ids (an OpenAI `prompt` given as integers, or one a gateway tokenized):
     /// exact prefix matching without the picker's tokenizer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,6 +47,17 @@ pub struct PickRequest {
     /// How many fallback endpoints to return (default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallbacks: Option<u32>,
+}
+
+/// One chat message: its role and its text (content parts' texts joined by newlines, as engines
+/// join them; `None` for a message without text, such as a tool call).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, `tool`, …
+    pub role: String,
+    /// The text.
+    #[serde(default)]
+    pub content: Option<String>,
 }
 
 /// The picker's answer.

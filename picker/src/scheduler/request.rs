@@ -69,15 +69,23 @@ pub(crate) fn resolve<'r>(
         })
         .unwrap_or(cost.default_prompt_tokens);
     let max_tokens = config.prefix_max_tokens;
-    let tokens: Cow<'r, [u32]> = match (ids, &r.prompt) {
+    let tokenizer = config.tokenizers.get(model);
+    let tokens: Cow<'r, [u32]> = match (ids, tokenizer) {
         _ if !reads.prefix => Cow::Borrowed(&[]),
         (Some(ids), _) => Cow::Borrowed(&ids[..ids.len().min(max_tokens)]),
-        (None, Some(p)) => config
-            .tokenizers
-            .get(model)
-            .map_or(Cow::Borrowed(&[][..]), |t| {
-                Cow::Owned(t.leading_tokens(p, max_tokens))
-            }),
+        (None, Some(t)) => {
+            // A chat request is rendered with the model's template, as its engine renders it;
+            // without a template its text is tokenized as a completion prompt.
+            let chat = r
+                .messages
+                .as_deref()
+                .and_then(|m| t.chat_tokens(m, max_tokens));
+            match (chat, &r.prompt) {
+                (Some(ids), _) => Cow::Owned(ids),
+                (None, Some(p)) => Cow::Owned(t.leading_tokens(p, max_tokens)),
+                (None, None) => Cow::Borrowed(&[]),
+            }
+        }
         (None, None) => Cow::Borrowed(&[]),
     };
     // The approximate index keys text by 64-byte blocks and token ids by the engines' usual

@@ -12,11 +12,19 @@
 //! BPE (GPT-2, Llama 3, Qwen) and SentencePiece (Metaspace) models start a new word anyway — and each
 //! chunk's tokens are cached under a hash chained over every chunk up to it. A prompt that repeats a
 //! known head tokenizes only its new tail.
+//!
+//! Chat requests are rendered first with the model's chat template (`chat`), found beside its
+//! `tokenizer.json`, and tokenized without added special tokens, as engines do for chat.
+
+mod chat;
+
+pub use chat::ChatTemplate;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use inferpick_schema::ChatMessage;
 use tokenizers::Tokenizer;
 
 use crate::hashing::{KeyHashing, chain};
@@ -82,6 +90,7 @@ const BYTES_PER_TOKEN: usize = 8;
 pub struct ModelTokenizer {
     path: PathBuf,
     tokenizer: Arc<Tokenizer>,
+    chat: Option<Arc<ChatTemplate>>,
     cache: Arc<Mutex<ChunkCache>>,
 }
 
@@ -100,15 +109,29 @@ impl PartialEq for ModelTokenizer {
 }
 
 impl ModelTokenizer {
-    /// Reads a `tokenizer.json`; the error names the file and what was wrong.
+    /// Reads a `tokenizer.json`, and the chat template beside it if there is one; the error names
+    /// the file and what was wrong.
     pub fn load(path: &Path) -> Result<Self, String> {
         let tokenizer = Tokenizer::from_file(path)
             .map_err(|e| format!("{}: not a usable tokenizer.json: {e}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
             tokenizer: Arc::new(tokenizer),
+            chat: ChatTemplate::beside(path)?.map(Arc::new),
             cache: Arc::default(),
         })
+    }
+
+    /// Whether a chat template was found for it.
+    pub fn has_chat_template(&self) -> bool {
+        self.chat.is_some()
+    }
+
+    /// The leading tokens of a chat request, rendered with the chat template; `None` without a
+    /// template or when the template refuses the messages.
+    pub fn chat_tokens(&self, messages: &[ChatMessage], max_tokens: usize) -> Option<Vec<u32>> {
+        let text = self.chat.as_ref()?.render(messages).ok()?;
+        Some(self.tokens(&text, max_tokens, false))
     }
 
     /// The file it was read from.
@@ -120,9 +143,13 @@ impl ModelTokenizer {
     /// adds them to a completion prompt (a leading BOS for most models). Chunks already seen come
     /// from the cache (see the module docs).
     pub fn leading_tokens(&self, text: &str, max_tokens: usize) -> Vec<u32> {
+        self.tokens(text, max_tokens, true)
+    }
+
+    fn tokens(&self, text: &str, max_tokens: usize, special: bool) -> Vec<u32> {
         let limit = max_tokens.saturating_mul(BYTES_PER_TOKEN);
         let mut ids = Vec::new();
-        let (mut start, mut key) = (0, 0u64);
+        let (mut start, mut key) = (0, u64::from(special));
         while start < text.len() && start < limit && ids.len() < max_tokens {
             let end = chunk_end(text, start);
             let chunk = &text[start..end];
@@ -137,7 +164,7 @@ impl ModelTokenizer {
             let tokens = match cached {
                 Some(t) => t,
                 None => {
-                    let Ok(encoding) = self.tokenizer.encode(chunk, start == 0) else {
+                    let Ok(encoding) = self.tokenizer.encode(chunk, special && start == 0) else {
                         break;
                     };
                     let t: Arc<[u32]> = encoding.get_ids().into();
@@ -276,6 +303,34 @@ pub(crate) mod tests {
         }
         assert_eq!(c.tokens.len(), CACHED_CHUNKS);
         assert!(!c.tokens.contains_key(&0) && c.tokens.contains_key(&(CACHED_CHUNKS as u64 + 9)));
+    }
+
+    #[test]
+    fn chat_messages_are_rendered_with_the_template_beside_the_tokenizer() {
+        let dir = std::env::temp_dir().join(format!("inferpick-chat-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokenizer.json");
+        std::fs::write(
+            &path,
+            word_level_json(&["<s>", "user:", "bot:", "hi", "there"]),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("chat_template.jinja"),
+            "{{ bos_token }} {% for m in messages %}{{ m.role }}: {{ m.content }} {% endfor %}bot:",
+        )
+        .unwrap();
+        std::fs::write(dir.join("tokenizer_config.json"), r#"{"bos_token": "<s>"}"#).unwrap();
+        let t = ModelTokenizer::load(&path).unwrap();
+        assert!(t.has_chat_template());
+        let messages = [ChatMessage {
+            role: "user".into(),
+            content: Some("hi there".into()),
+        }];
+        // "<s> user: hi there bot:" → the same ids the engine gets from the rendered text.
+        assert_eq!(t.chat_tokens(&messages, 100), Some(vec![0, 1, 3, 4, 2]));
+        assert_eq!(t.chat_tokens(&messages, 2), Some(vec![0, 1]));
+        assert!(word_level(&["a"]).chat_tokens(&messages, 10).is_none());
     }
 
     #[test]
