@@ -58,6 +58,13 @@ pub const YAMLLINT: Tool = Tool {
     env: "INFERPICK_YAMLLINT",
     install: "python3 -m venv .venv && .venv/bin/pip install yamllint",
 };
+/// vLLM's own KV-event publisher (its `vllm/distributed/kv_events.py`, driven by
+/// `tests/fixtures/vllm_kv_publisher.py`): what the agent's KV-event reader is proved against.
+pub const VLLM_KV_PUBLISHER: Tool = Tool {
+    program: "vllm-kv-publisher",
+    env: "INFERPICK_VLLM_KV_PUBLISHER",
+    install: "bash tests/fixtures/install-vllm-kv-publisher.sh",
+};
 /// A standalone `kustomize` binary (`kustomize build DIR`).
 pub const KUSTOMIZE: Tool = Tool {
     program: "kustomize",
