@@ -13,6 +13,7 @@ use crate::demo::{self, DemoConfig, GatewayKind};
 use crate::emulate::{self, Emulator, EmulatorConfig};
 use crate::engine::EngineConfig;
 use crate::load::{self, LoadConfig};
+use crate::sim::kv::KvDelivery;
 use crate::sim::{self, SimConfig, SimPolicy, capacity};
 use crate::workload::Workload;
 
@@ -117,6 +118,25 @@ pub struct EmulateArgs {
     pub profile: Option<PathBuf>,
 }
 
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// A fraction from 0 to 1.
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a fraction from 0 to 1"))
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("{s:?} is not a duration like 100ms or 10m: {e}"))
@@ -171,6 +191,16 @@ pub struct SimArgs {
     /// still sets `max_loras` and `kv_tokens`.
     #[arg(long, env = "INFERPICK_PROFILE")]
     pub profile: Option<PathBuf>,
+    /// Whether the engines publish KV events to the picker (its exact prefix path); `off` leaves
+    /// the picker its approximate prefix index, to compare.
+    #[arg(long, env = "INFERPICK_KV_EVENTS", value_enum, default_value = "on")]
+    pub kv_events: Switch,
+    /// Time from a KV-event message's production to its arrival at the picker.
+    #[arg(long, env = "INFERPICK_KV_EVENTS_DELAY", default_value = "50ms", value_parser = parse_duration)]
+    pub kv_events_delay: Duration,
+    /// Fraction of KV-event messages lost on the way (each loss costs a resync).
+    #[arg(long, env = "INFERPICK_KV_EVENTS_LOSS", default_value_t = 0.0, value_parser = parse_fraction)]
+    pub kv_events_loss: f64,
 }
 
 /// Runs a parsed command line.
@@ -279,6 +309,10 @@ fn sim_command(args: SimArgs) -> anyhow::Result<()> {
         staleness: args.staleness,
         report_delay: args.report_delay,
         engine,
+        kv_events: (args.kv_events == Switch::On).then_some(KvDelivery {
+            delay: args.kv_events_delay,
+            loss: args.kv_events_loss,
+        }),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = std::time::Instant::now();

@@ -308,6 +308,7 @@ fn as_row(policy: &str, r: &LoadResult) -> PolicyResult {
         ttft_ms: Ttft { ..r.ttft_ms },
         e2e_ms: E2e { ..r.e2e_ms },
         goodput: r.goodput,
+        prefix_hit_ratio: None,
     }
 }
 

@@ -99,6 +99,11 @@ impl BlockPool {
         self.cleared = false;
     }
 
+    /// Whether anything was journaled since the previous drain.
+    pub fn has_changes(&self) -> bool {
+        !self.journal.is_empty() || self.journal_overflowed || self.cleared
+    }
+
     /// The net changes since the previous drain (or since the journal was started).
     pub fn drain_changes(&mut self) -> KvChanges {
         let overflowed = std::mem::take(&mut self.journal_overflowed);

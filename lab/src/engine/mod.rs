@@ -592,6 +592,11 @@ impl Engine {
         self.pool.drain_changes()
     }
 
+    /// Whether the prefix cache changed since the previous drain.
+    pub fn kv_changed(&self) -> bool {
+        self.pool.has_changes()
+    }
+
     /// Every block the prefix cache holds now, per adapter (for a full resend).
     pub fn cached_blocks(&self) -> Vec<KvGroupChanges> {
         self.pool.cached_blocks()

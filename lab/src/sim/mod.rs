@@ -7,6 +7,7 @@
 //! Deterministic for a seed: one thread per policy, and every random choice seeded.
 
 pub mod capacity;
+pub mod kv;
 mod live;
 mod results;
 
@@ -25,7 +26,10 @@ use inferpick_schema::{
 };
 
 use crate::engine::{Counters, Engine, EngineConfig, EngineEvent, SeqSpec};
-use crate::workload::{Generator, Request, Workload, adapter_name, prompt_text};
+use crate::workload::{
+    Generator, Request, Workload, adapter_name, prompt_text, push_prompt_token_ids,
+};
+use kv::{KvDelivery, KvMirror, KvPublisher, KvReceiver};
 use live::Live;
 
 pub use results::{E2e, PolicyResult, Samples, SimReport, Ttft, ms, percentile};
@@ -97,6 +101,9 @@ pub struct SimConfig {
     pub duration: Duration,
     /// Each pod's engine.
     pub engine: EngineConfig,
+    /// How the engines' KV events reach the picker; `None`: they publish none, and pick requests
+    /// carry prompt text only (the picker's approximate prefix index).
+    pub kv_events: Option<KvDelivery>,
 }
 
 impl SimConfig {
@@ -143,6 +150,10 @@ enum Event {
     Produce(u32),
     /// A pod's oldest pending report reaches the picker.
     Deliver(u32),
+    /// A pod's agent turns its engine's KV changes into messages.
+    KvBuild(u32),
+    /// A pod's oldest KV-event message reaches the picker (or is lost).
+    KvDeliver(u32),
 }
 
 /// An event in the queue. The earliest comes first, and events due at the same time come in the
@@ -184,6 +195,8 @@ struct Pod {
     prev: Counters,
     hit_ratio: Option<f64>,
     pending: VecDeque<(Duration, LoadReport)>,
+    /// The agent's KV-event stream, when the engines publish.
+    kv: Option<KvPublisher>,
 }
 
 #[derive(Debug)]
@@ -224,6 +237,9 @@ struct Run<'a> {
     completed: u64,
     shed: u64,
     out: Vec<EngineEvent>,
+    /// Receives the KV-event messages. The picker library's table will (`Table::ingest_kv`);
+    /// until it does, the lab's model of the picker's side of the protocol.
+    kv_receiver: KvMirror,
 }
 
 /// Runs one policy to the end and measures it.
@@ -272,6 +288,8 @@ pub fn run_policy(config: &SimConfig, policy: SimPolicy) -> PolicyResult {
             Event::Step(p) => run.step_end(p, now),
             Event::Produce(p) => run.produce(p, now),
             Event::Deliver(p) => run.deliver(p, now),
+            Event::KvBuild(p) => run.kv_build(p, now),
+            Event::KvDeliver(p) => run.kv_deliver(p, now),
         }
     }
     let stop = run.now_hint(end);
@@ -285,6 +303,10 @@ pub fn run_policy(config: &SimConfig, policy: SimPolicy) -> PolicyResult {
             .record(ttft, stop.saturating_sub(f.arrival), f.output_tokens, false);
     }
     let window = (end - warmup).as_secs_f64();
+    let (hits, queries) = run.pods.iter().fold((0, 0), |(h, q), p| {
+        let c = p.engine.state().counters;
+        (h + c.prefix_hits, q + c.prefix_queries)
+    });
     PolicyResult {
         policy: policy.to_string(),
         requests: run.requests,
@@ -294,6 +316,11 @@ pub fn run_policy(config: &SimConfig, policy: SimPolicy) -> PolicyResult {
         ttft_ms: run.samples.ttft(),
         e2e_ms: run.samples.e2e(),
         goodput: run.samples.good() as f64 / window,
+        prefix_hit_ratio: Some(if queries > 0 {
+            hits as f64 / queries as f64
+        } else {
+            0.0
+        }),
     }
 }
 
@@ -332,15 +359,28 @@ impl<'a> Run<'a> {
         if let Some(k) = config.workload.pods.kv_tokens {
             engine.kv_tokens = k;
         }
+        let publish = config.kv_events.is_some() && matches!(policy, SimPolicy::Picker(_));
         let pods: Vec<Pod> = (0..config.pods)
-            .map(|i| Pod {
-                engine: Engine::new(engine.clone()),
-                address: pod_address(i),
-                agent_id: format!("sim-agent-{i}"),
-                seq: 0,
-                prev: Counters::default(),
-                hit_ratio: None,
-                pending: VecDeque::new(),
+            .map(|i| {
+                let mut e = Engine::new(engine.clone());
+                if publish {
+                    e.keep_kv_journal(inferpick_schema::KvLimits::MAX_KEYS);
+                }
+                Pod {
+                    engine: e,
+                    address: pod_address(i),
+                    agent_id: format!("sim-agent-{i}"),
+                    seq: 0,
+                    prev: Counters::default(),
+                    hit_ratio: None,
+                    pending: VecDeque::new(),
+                    kv: publish.then(|| {
+                        KvPublisher::new(
+                            pod_address(i),
+                            splitmix(config.seed ^ 0x6b76 ^ u64::from(i)),
+                        )
+                    }),
+                }
             })
             .collect();
         let adapter_names = config.workload.adapter_names();
@@ -387,6 +427,7 @@ impl<'a> Run<'a> {
             completed: 0,
             shed: 0,
             out: Vec::new(),
+            kv_receiver: KvMirror::default(),
         };
         if matches!(run.router, Router::Picker { .. }) {
             // Every agent reports once before traffic starts, then every `staleness`, each with its
@@ -397,6 +438,10 @@ impl<'a> Run<'a> {
                 run.deliver(p, Duration::ZERO);
                 let phase = splitmix(config.seed ^ u64::from(p)) % staleness.max(1);
                 run.schedule(Duration::from_nanos(phase), Event::Produce(p));
+                // Every event stream starts with a reset (of an empty cache).
+                if run.pods[p as usize].kv.is_some() {
+                    run.kv_build(p, Duration::ZERO);
+                }
             }
         }
         run
@@ -502,7 +547,16 @@ impl<'a> Run<'a> {
         };
         let ask = &mut self.asks[req.adapter.map_or(0, |a| a as usize)];
         ask.priority = Some(req.priority);
-        ask.prompt = (!req.prefix.is_empty()).then(|| prompt_text(req, false));
+        let prefixed = !req.prefix_tokens.is_empty();
+        ask.prompt = prefixed.then(|| prompt_text(req, false));
+        if self.config.kv_events.is_some() && prefixed {
+            let mut ids = ask.prompt_token_ids.take().unwrap_or_default();
+            ids.clear();
+            push_prompt_token_ids(req, false, &mut ids);
+            ask.prompt_token_ids = Some(ids);
+        } else if let Some(ids) = &mut ask.prompt_token_ids {
+            ids.clear();
+        }
         ask.prompt_tokens = Some(req.prompt_tokens);
         ask.max_tokens = Some(req.output_tokens);
         let pick = scheduler.pick(table, ask, now)?;
@@ -548,6 +602,56 @@ impl<'a> Run<'a> {
         self.out = out;
         if let Some(end) = next {
             self.schedule(end, Event::Step(pod));
+        }
+        self.kv_changed(pod, now);
+    }
+
+    /// Schedules a build of the pod's KV-event messages if its cache changed and none is due.
+    fn kv_changed(&mut self, pod: u32, now: Duration) {
+        let p = &mut self.pods[pod as usize];
+        let Some(kv) = &mut p.kv else {
+            return;
+        };
+        if kv.build_scheduled || !p.engine.kv_changed() {
+            return;
+        }
+        kv.build_scheduled = true;
+        let at = kv.next_build(now);
+        self.schedule(at, Event::KvBuild(pod));
+    }
+
+    fn kv_build(&mut self, pod: u32, now: Duration) {
+        let delivery = self.config.kv_events.unwrap_or_default();
+        let p = &mut self.pods[pod as usize];
+        let Some(kv) = &mut p.kv else {
+            return;
+        };
+        let built = kv.build(&mut p.engine, &self.adapter_names, now, delivery);
+        for _ in 0..built {
+            self.schedule(now + delivery.delay, Event::KvDeliver(pod));
+        }
+    }
+
+    fn kv_deliver(&mut self, pod: u32, now: Duration) {
+        let delivery = self.config.kv_events.unwrap_or_default();
+        let Some(kv) = &mut self.pods[pod as usize].kv else {
+            return;
+        };
+        let Some(msg) = kv.arrive(delivery) else {
+            return;
+        };
+        match self.kv_receiver.receive(msg, now) {
+            Ok(ack) => kv.acked(&ack),
+            Err(e) => {
+                tracing::warn!(error = %e, "simulated KV events refused");
+                kv.resync();
+            }
+        }
+        // A resync is answered by a reset at the next build, changes or not.
+        if !kv.build_scheduled && kv.reset_due() {
+            kv.build_scheduled = true;
+            let at = kv.next_build(now);
+            self.schedule(at, Event::KvBuild(pod));
         }
     }
 
