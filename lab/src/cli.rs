@@ -39,6 +39,9 @@ pub enum Command {
     /// Emulated pods + real agents + a real picker + gateways on loopback: the same workload
     /// through round robin and through inferpick, compared.
     Demo(DemoArgs),
+    /// Writes the lab's tokenizer (a word-level `tokenizer.json` over a generated vocabulary), for
+    /// the picker to tokenize as the emulator does.
+    Tokenizer(TokenizerArgs),
 }
 
 /// `demo`: flags.
@@ -116,6 +119,10 @@ pub struct EmulateArgs {
     /// unset keys keep the defaults (Llama-3.1-8B on one H100).
     #[arg(long, env = "INFERPICK_PROFILE")]
     pub profile: Option<PathBuf>,
+    /// A Hugging Face `tokenizer.json` to tokenize prompts with [default: the lab's own, as
+    /// `inferpick-lab tokenizer` writes it].
+    #[arg(long, env = "INFERPICK_TOKENIZER")]
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// `on` or `off`.
@@ -149,6 +156,14 @@ fn parse_load(s: &str) -> Result<f64, String> {
             "{s:?}: the load is a positive fraction of capacity, like 0.85"
         )),
     }
+}
+
+/// `tokenizer`: flags.
+#[derive(Debug, Args)]
+pub struct TokenizerArgs {
+    /// Where to write the `tokenizer.json`.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `sim`: flags.
@@ -210,6 +225,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Emulate(args) => runtime()?.block_on(emulate_command(args)),
         Command::Load(args) => runtime()?.block_on(load_command(args)),
         Command::Demo(args) => runtime()?.block_on(demo_command(args)),
+        Command::Tokenizer(args) => {
+            crate::tokenizer::write(&args.out)?;
+            println!(
+                "wrote {} ({} words and [UNK])",
+                args.out.display(),
+                crate::tokenizer::VOCAB_WORDS
+            );
+            Ok(())
+        }
     }
 }
 
@@ -252,10 +276,15 @@ async fn emulate_command(args: EmulateArgs) -> anyhow::Result<()> {
         Some(path) => EngineConfig::load(path)?,
         None => EngineConfig::default(),
     };
+    let tokenizer = match &args.tokenizer {
+        Some(path) => std::sync::Arc::new(crate::tokenizer::load(Some(path))?),
+        None => crate::tokenizer::builtin(),
+    };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let emulator = Emulator::new(EmulatorConfig {
+        tokenizer,
         kind: args.engine,
         model: args.model,
         adapters: args

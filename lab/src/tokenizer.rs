@@ -123,6 +123,16 @@ pub fn load(path: Option<&Path>) -> Result<tokenizers::Tokenizer, TokenizerError
     }
 }
 
+/// The lab's own tokenizer, built once.
+pub fn builtin() -> std::sync::Arc<tokenizers::Tokenizer> {
+    static BUILTIN: std::sync::OnceLock<std::sync::Arc<tokenizers::Tokenizer>> =
+        std::sync::OnceLock::new();
+    std::sync::Arc::clone(
+        BUILTIN
+            .get_or_init(|| std::sync::Arc::new(load(None).expect("the built-in tokenizer loads"))),
+    )
+}
+
 /// Token ids of `text` under `tokenizer`, with no special tokens added.
 pub fn encode(tokenizer: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>, String> {
     tokenizer

@@ -175,6 +175,7 @@ impl Fleet {
         for i in 0..pods {
             let kind = kinds[i as usize % kinds.len().max(1)];
             let emulator = Emulator::new(EmulatorConfig {
+                tokenizer: crate::tokenizer::builtin(),
                 kind,
                 model: DEMO_MODEL.into(),
                 adapters: adapters.to_vec(),
