@@ -9,6 +9,7 @@
 //! generates exactly `max_tokens` tokens (as with `ignore_eos`).
 
 pub mod exposition;
+pub mod kv_events;
 mod openai;
 
 use std::collections::HashMap;
