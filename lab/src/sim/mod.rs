@@ -26,9 +26,7 @@ use inferpick_schema::{
 };
 
 use crate::engine::{Counters, Engine, EngineConfig, EngineEvent, SeqSpec};
-use crate::workload::{
-    Generator, Request, Workload, adapter_name, prompt_text, push_prompt_token_ids,
-};
+use crate::workload::{Generator, Request, Workload, adapter_name, push_prompt_token_ids};
 use kv::{KvDelivery, KvMirror, KvPublisher, KvReceiver};
 use live::Live;
 
@@ -240,6 +238,10 @@ struct Run<'a> {
     /// Receives the KV-event messages. The picker library's table will (`Table::ingest_kv`);
     /// until it does, the lab's model of the picker's side of the protocol.
     kv_receiver: KvMirror,
+    /// The text of recent prompt prefixes, by the address of their shared tokens (the `Arc` kept
+    /// alongside, so the address is not reused): writing 6,000 words for every pick was a third
+    /// of a `shared-prefix` run's time.
+    prefix_text: std::collections::HashMap<usize, (Arc<[u32]>, String)>,
 }
 
 /// Runs one policy to the end and measures it.
@@ -428,6 +430,7 @@ impl<'a> Run<'a> {
             shed: 0,
             out: Vec::new(),
             kv_receiver: KvMirror::default(),
+            prefix_text: std::collections::HashMap::new(),
         };
         if matches!(run.router, Router::Picker { .. }) {
             // Every agent reports once before traffic starts, then every `staleness`, each with its
@@ -542,13 +545,14 @@ impl<'a> Run<'a> {
         req: &Request,
         now: Duration,
     ) -> Result<(u32, Option<u128>), PickError> {
+        let prefixed = !req.prefix_tokens.is_empty();
+        let text = prefixed.then(|| self.short_prompt_text(req));
         let Router::Picker { table, scheduler } = &self.router else {
             unreachable!("picker_pick on an oracle run")
         };
         let ask = &mut self.asks[req.adapter.map_or(0, |a| a as usize)];
         ask.priority = Some(req.priority);
-        let prefixed = !req.prefix_tokens.is_empty();
-        ask.prompt = prefixed.then(|| prompt_text(req, false));
+        ask.prompt = text;
         if self.config.kv_events.is_some() && prefixed {
             let mut ids = ask.prompt_token_ids.take().unwrap_or_default();
             ids.clear();
@@ -564,6 +568,26 @@ impl<'a> Run<'a> {
             .filter(|&p| p < self.config.pods)
             .expect("the picker picks among the pods' addresses");
         Ok((pod, Some(pick.decision_id.as_u128())))
+    }
+
+    /// [`prompt_text`]`(req, false)`, with the prefix's words written once per prefix.
+    fn short_prompt_text(&mut self, req: &Request) -> String {
+        const KEPT: usize = 4096;
+        let key = req.prefix_tokens.as_ptr() as usize;
+        if !self.prefix_text.contains_key(&key) {
+            if self.prefix_text.len() >= KEPT {
+                self.prefix_text.clear();
+            }
+            let text = crate::tokenizer::text_of(&req.prefix_tokens);
+            self.prefix_text
+                .insert(key, (Arc::clone(&req.prefix_tokens), text));
+        }
+        let prefix = &self.prefix_text[&key].1;
+        let ids = prompt_token_ids_tail(req);
+        let mut s = String::with_capacity(prefix.len() + 8 * ids.len());
+        s.push_str(prefix);
+        crate::tokenizer::push_text(&mut s, &ids);
+        s
     }
 
     fn close_decision(&self, decision: Option<u128>, now: Duration) {
@@ -737,6 +761,13 @@ impl<'a> Run<'a> {
             tracing::warn!(error = %e, "simulated report refused");
         }
     }
+}
+
+/// The token ids of `req`'s short prompt after its prefix.
+fn prompt_token_ids_tail(req: &Request) -> Vec<u32> {
+    let mut ids = Vec::with_capacity(req.prefix_tokens.len() + 8);
+    push_prompt_token_ids(req, false, &mut ids);
+    ids.split_off(req.prefix_tokens.len())
 }
 
 /// A well-mixed 64-bit hash of `x` (SplitMix64's finalizer).

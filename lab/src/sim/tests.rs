@@ -267,3 +267,18 @@ fn a_simulation_with_lossy_events_runs_and_is_deterministic() {
     assert!(a.completed > 0);
     assert!(a.prefix_hit_ratio.unwrap() > 0.3, "{a:?}");
 }
+
+#[test]
+fn the_cached_prefix_text_is_the_prompt_text() {
+    let c = config("shared-prefix", 2, 0.5, 10);
+    let mut run = Run::new(&c, SimPolicy::Picker(Policy::Inferpick));
+    let reqs: Vec<_> = Generator::new(&c.workload, 2, 1.0, Duration::from_secs(60), 1, 16)
+        .take(300)
+        .collect();
+    for r in &reqs {
+        assert_eq!(
+            run.short_prompt_text(r),
+            crate::workload::prompt_text(r, false)
+        );
+    }
+}
