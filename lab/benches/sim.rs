@@ -27,6 +27,7 @@ fn main() {
         report_delay: Duration::from_millis(5),
         duration: Duration::from_secs(30),
         engine,
+        kv_events: Some(Default::default()),
     };
     let time = |policy: SimPolicy| {
         let mut runs: Vec<Duration> = (0..3)

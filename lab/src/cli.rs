@@ -13,6 +13,7 @@ use crate::demo::{self, DemoConfig, GatewayKind};
 use crate::emulate::{self, Emulator, EmulatorConfig};
 use crate::engine::EngineConfig;
 use crate::load::{self, LoadConfig};
+use crate::sim::kv::KvDelivery;
 use crate::sim::{self, SimConfig, SimPolicy, capacity};
 use crate::workload::Workload;
 
@@ -38,6 +39,9 @@ pub enum Command {
     /// Emulated pods + real agents + a real picker + gateways on loopback: the same workload
     /// through round robin and through inferpick, compared.
     Demo(DemoArgs),
+    /// Writes the lab's tokenizer (a word-level `tokenizer.json` over a generated vocabulary), for
+    /// the picker to tokenize as the emulator does.
+    Tokenizer(TokenizerArgs),
 }
 
 /// `demo`: flags.
@@ -115,6 +119,29 @@ pub struct EmulateArgs {
     /// unset keys keep the defaults (Llama-3.1-8B on one H100).
     #[arg(long, env = "INFERPICK_PROFILE")]
     pub profile: Option<PathBuf>,
+    /// A Hugging Face `tokenizer.json` to tokenize prompts with [default: the lab's own, as
+    /// `inferpick-lab tokenizer` writes it].
+    #[arg(long, env = "INFERPICK_TOKENIZER")]
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// A fraction from 0 to 1.
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a fraction from 0 to 1"))
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -129,6 +156,14 @@ fn parse_load(s: &str) -> Result<f64, String> {
             "{s:?}: the load is a positive fraction of capacity, like 0.85"
         )),
     }
+}
+
+/// `tokenizer`: flags.
+#[derive(Debug, Args)]
+pub struct TokenizerArgs {
+    /// Where to write the `tokenizer.json`.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `sim`: flags.
@@ -171,6 +206,16 @@ pub struct SimArgs {
     /// still sets `max_loras` and `kv_tokens`.
     #[arg(long, env = "INFERPICK_PROFILE")]
     pub profile: Option<PathBuf>,
+    /// Whether the engines publish KV events to the picker (its exact prefix path); `off` leaves
+    /// the picker its approximate prefix index, to compare.
+    #[arg(long, env = "INFERPICK_KV_EVENTS", value_enum, default_value = "on")]
+    pub kv_events: Switch,
+    /// Time from a KV-event message's production to its arrival at the picker.
+    #[arg(long, env = "INFERPICK_KV_EVENTS_DELAY", default_value = "50ms", value_parser = parse_duration)]
+    pub kv_events_delay: Duration,
+    /// Fraction of KV-event messages lost on the way (each loss costs a resync).
+    #[arg(long, env = "INFERPICK_KV_EVENTS_LOSS", default_value_t = 0.0, value_parser = parse_fraction)]
+    pub kv_events_loss: f64,
 }
 
 /// Runs a parsed command line.
@@ -180,6 +225,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Emulate(args) => runtime()?.block_on(emulate_command(args)),
         Command::Load(args) => runtime()?.block_on(load_command(args)),
         Command::Demo(args) => runtime()?.block_on(demo_command(args)),
+        Command::Tokenizer(args) => {
+            crate::tokenizer::write(&args.out)?;
+            println!(
+                "wrote {} ({} words and [UNK])",
+                args.out.display(),
+                crate::tokenizer::VOCAB_WORDS
+            );
+            Ok(())
+        }
     }
 }
 
@@ -222,10 +276,15 @@ async fn emulate_command(args: EmulateArgs) -> anyhow::Result<()> {
         Some(path) => EngineConfig::load(path)?,
         None => EngineConfig::default(),
     };
+    let tokenizer = match &args.tokenizer {
+        Some(path) => std::sync::Arc::new(crate::tokenizer::load(Some(path))?),
+        None => crate::tokenizer::builtin(),
+    };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let emulator = Emulator::new(EmulatorConfig {
+        tokenizer,
         kind: args.engine,
         model: args.model,
         adapters: args
@@ -279,6 +338,10 @@ fn sim_command(args: SimArgs) -> anyhow::Result<()> {
         staleness: args.staleness,
         report_delay: args.report_delay,
         engine,
+        kv_events: (args.kv_events == Switch::On).then_some(KvDelivery {
+            delay: args.kv_events_delay,
+            loss: args.kv_events_loss,
+        }),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = std::time::Instant::now();

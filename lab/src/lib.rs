@@ -14,4 +14,5 @@ pub mod emulate;
 pub mod engine;
 pub mod load;
 pub mod sim;
+pub mod tokenizer;
 pub mod workload;

@@ -292,6 +292,7 @@ mod tests {
         // The emulator serves the base model only: adapter requests get 404s.
         let server = emulate::spawn(
             Emulator::new(EmulatorConfig {
+                tokenizer: crate::tokenizer::builtin(),
                 kind: EngineKind::Vllm,
                 model: "base".into(),
                 adapters: vec![],

@@ -15,6 +15,7 @@ async fn the_agent_recognizes_and_normalizes_every_dialect() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = emulate::spawn(
             Emulator::new(EmulatorConfig {
+                tokenizer: inferpick_lab::tokenizer::builtin(),
                 kind,
                 model: "meta-llama/Llama-3.1-8B-Instruct".into(),
                 adapters: vec![],

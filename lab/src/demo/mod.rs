@@ -175,6 +175,7 @@ impl Fleet {
         for i in 0..pods {
             let kind = kinds[i as usize % kinds.len().max(1)];
             let emulator = Emulator::new(EmulatorConfig {
+                tokenizer: crate::tokenizer::builtin(),
                 kind,
                 model: DEMO_MODEL.into(),
                 adapters: adapters.to_vec(),
@@ -308,6 +309,7 @@ fn as_row(policy: &str, r: &LoadResult) -> PolicyResult {
         ttft_ms: Ttft { ..r.ttft_ms },
         e2e_ms: E2e { ..r.e2e_ms },
         goodput: r.goodput,
+        prefix_hit_ratio: None,
     }
 }
 

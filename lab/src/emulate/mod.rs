@@ -2,11 +2,14 @@
 //! task that sleeps until each step ends; HTTP handlers submit requests and stream the tokens the
 //! engine produces; `/metrics` shows the engine's state in the chosen engine's dialect.
 //!
-//! Prompts are counted as one token per 4 characters, and hashed in 64-character blocks (16
-//! tokens) for the prefix cache, so equal leading text hits the cache as in a real engine.
-//! Every request generates exactly `max_tokens` tokens (as with `ignore_eos`).
+//! Prompts are tokenized with a `tokenizer.json` (the [lab's own](crate::tokenizer) unless
+//! another is given), and the prefix cache holds blocks of token ids keyed as the picker keys them
+//! ([`inferpick_schema::kv::block_keys`], per adapter), so equal leading tokens hit the cache as
+//! in a real engine; responses report `usage.prompt_tokens_details.cached_tokens`. Every request
+//! generates exactly `max_tokens` tokens (as with `ignore_eos`).
 
 pub mod exposition;
+pub mod kv_events;
 mod openai;
 
 use std::collections::HashMap;
@@ -34,11 +37,15 @@ pub struct EmulatorConfig {
     pub adapters: Vec<String>,
     /// Size and speed.
     pub engine: EngineConfig,
+    /// Turns prompt text into token ids.
+    pub tokenizer: Arc<tokenizers::Tokenizer>,
 }
 
 /// What the driver sends a request's handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
+    /// Prompt tokens the prefix cache saved (sent with the first token).
+    Cached(u32),
     /// Output tokens generated so far (sent whenever it grows).
     Tokens(u32),
     /// The last token is out.
@@ -65,6 +72,9 @@ pub enum EmulateError {
     /// The engine can never fit it.
     #[error(transparent)]
     TooLong(#[from] SubmitError),
+    /// The tokenizer failed on the prompt.
+    #[error("{0}")]
+    Tokenize(String),
 }
 
 struct Stream {
@@ -103,17 +113,6 @@ fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Chained hashes of a prompt's full 64-character blocks: the prefix-cache keys. The picker's own
-/// function, so the blocks the emulator caches are the blocks the picker's prefix index names.
-pub fn prompt_blocks(prompt: &str) -> Vec<u64> {
-    inferpick_picker::prefix::block_hashes(prompt, usize::MAX)
-}
-
-/// Tokens of a prompt: one per 4 bytes, at least one.
-pub fn prompt_tokens(prompt: &str) -> u32 {
-    (prompt.len().div_ceil(4)).max(1) as u32
 }
 
 impl Emulator {
@@ -180,11 +179,14 @@ impl Emulator {
                     as u32,
             ),
         };
-        let tokens = prompt_tokens(&sub.prompt);
+        let ids = crate::tokenizer::encode(&self.config.tokenizer, &sub.prompt)
+            .map_err(EmulateError::Tokenize)?;
+        // An empty prompt still costs the one token engines prefill (the BOS).
+        let tokens = (ids.len() as u32).max(1);
         let bt = self.config.engine.block_tokens as usize;
-        // Prefix-cache keys: 64 characters per 16-token block; only blocks wholly inside the prompt.
-        let mut blocks = prompt_blocks(&sub.prompt);
-        blocks.truncate(tokens as usize / bt);
+        // Prefix-cache keys of the prompt's full blocks, under the model's root.
+        let root = inferpick_schema::kv::root(sub.adapter.as_deref());
+        let blocks = inferpick_schema::kv::block_keys(root, &ids, bt, usize::MAX);
         let (tx, rx) = mpsc::unbounded_channel();
         let id = {
             let mut core = self.lock();
@@ -283,8 +285,9 @@ impl Emulator {
         let mut gone = Vec::new();
         for ev in events.drain(..) {
             match ev {
-                EngineEvent::FirstToken { id, .. } => {
+                EngineEvent::FirstToken { id, cached_tokens } => {
                     if let Some(s) = core.streams.get(&id) {
+                        let _ = s.tx.send(Progress::Cached(cached_tokens));
                         core.observed
                             .ttft
                             .observe(s.arrival.elapsed().as_secs_f64());

@@ -48,7 +48,7 @@ impl From<EmulateError> for ApiError {
                 kind: "NotFoundError",
                 message: e.to_string(),
             },
-            EmulateError::TooLong(_) => Self::bad(e.to_string()),
+            EmulateError::TooLong(_) | EmulateError::Tokenize(_) => Self::bad(e.to_string()),
         }
     }
 }
@@ -212,8 +212,10 @@ async fn whole_response(
     prompt_tokens: u32,
 ) -> Response {
     let mut n = 0;
+    let mut cached = 0;
     loop {
         match rx.recv().await {
+            Some(Progress::Cached(c)) => cached = c,
             Some(Progress::Tokens(t)) => n = t,
             Some(Progress::Done) => break,
             None => {
@@ -222,7 +224,7 @@ async fn whole_response(
         }
     }
     let text: String = (0..n).map(token_text).collect();
-    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n});
+    let usage = usage_of(prompt_tokens, n, cached);
     let body = match api {
         Api::Completions => json!({
             "id": rid, "object": "text_completion", "created": created(), "model": model,
@@ -260,6 +262,16 @@ fn chunk(rid: &str, model: &str, api: Api, from: u32, to: u32, finish: bool) -> 
     }
 }
 
+/// The `usage` object, with vLLM's `prompt_tokens_details.cached_tokens`.
+fn usage_of(prompt_tokens: u32, completion_tokens: u32, cached_tokens: u32) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    })
+}
+
 fn sse(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
@@ -275,11 +287,13 @@ fn stream_response(
     struct St {
         rx: tokio::sync::mpsc::UnboundedReceiver<Progress>,
         sent: u32,
+        cached: u32,
         done: bool,
     }
     let st = St {
         rx,
         sent: 0,
+        cached: 0,
         done: false,
     };
     let events = stream::unfold(st, move |mut st| {
@@ -299,14 +313,17 @@ fn stream_response(
                     Some((Ok::<_, std::io::Error>(Bytes::from(out)), st))
                 }
                 Some(Progress::Tokens(_)) => Some((Ok(Bytes::new()), st)),
+                Some(Progress::Cached(c)) => {
+                    st.cached = c;
+                    Some((Ok(Bytes::new()), st))
+                }
                 Some(Progress::Done) | None => {
                     st.done = true;
                     let mut out = sse(&chunk(&rid, &model, api, st.sent, st.sent, true)).to_vec();
                     if usage {
                         let mut u = chunk(&rid, &model, api, 0, 0, false);
                         u["choices"] = json!([]);
-                        u["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": st.sent,
-                            "total_tokens": prompt_tokens + st.sent});
+                        u["usage"] = usage_of(prompt_tokens, st.sent, st.cached);
                         out.extend_from_slice(&sse(&u));
                     }
                     out.extend_from_slice(b"data: [DONE]\n\n");

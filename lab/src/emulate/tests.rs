@@ -5,6 +5,7 @@ use crate::engine::Counters;
 
 fn config(kind: EngineKind) -> EmulatorConfig {
     EmulatorConfig {
+        tokenizer: crate::tokenizer::builtin(),
         kind,
         model: "meta-llama/Llama-3.1-8B-Instruct".into(),
         adapters: vec!["sql-lora".into(), "tweet-lora".into()],
@@ -295,17 +296,6 @@ fn triton_trtllm_serve_and_llamacpp_expositions() {
     );
 }
 
-#[test]
-fn prompts_count_four_characters_per_token_and_hash_64_character_blocks() {
-    assert_eq!(prompt_tokens("abcd"), 1);
-    assert_eq!(prompt_tokens("abcde"), 2);
-    assert_eq!(prompt_tokens(""), 1);
-    let a = "x".repeat(64 * 3) + "tail one";
-    let b = "x".repeat(64 * 3) + "tail two";
-    assert_eq!(prompt_blocks(&a)[..3], prompt_blocks(&b)[..3]);
-    assert_eq!(prompt_blocks(&a).len(), 3);
-}
-
 struct Server {
     running: Option<Running>,
     base: String,
@@ -333,7 +323,7 @@ async fn completions_return_max_tokens_with_usage() {
     let client = reqwest::Client::new();
     let r: Value = client
         .post(format!("{}/v1/completions", s.base))
-        .json(&json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": "a".repeat(400), "max_tokens": 5}))
+        .json(&json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": "a ".repeat(100), "max_tokens": 5}))
         .send()
         .await
         .unwrap()
@@ -471,3 +461,43 @@ async fn true_state_shows_queued_and_running_requests() {
 }
 
 use serde_json::{Value, json};
+
+#[tokio::test]
+async fn prompts_are_tokenized_and_shared_leading_blocks_are_reported_cached() {
+    let s = start(EngineKind::Vllm).await;
+    let client = reqwest::Client::new();
+    let ask = |prompt: String, model: &'static str| {
+        let client = client.clone();
+        let url = format!("{}/v1/completions", s.base);
+        async move {
+            let r: Value = client
+                .post(url)
+                .json(&json!({"model": model, "prompt": prompt, "max_tokens": 2}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["usage"].clone()
+        }
+    };
+    // 48 shared words (3 blocks of 16 tokens), then different tails.
+    let shared: Vec<u32> = (1..=48).collect();
+    let mut first = shared.clone();
+    first.extend([100, 101, 102, 103, 104]);
+    let mut second = shared.clone();
+    second.extend([
+        200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216,
+    ]);
+    let text = crate::tokenizer::text_of;
+    let u = ask(text(&first), "meta-llama/Llama-3.1-8B-Instruct").await;
+    assert_eq!(u["prompt_tokens"], 53);
+    assert_eq!(u["prompt_tokens_details"]["cached_tokens"], 0);
+    let u = ask(text(&second), "meta-llama/Llama-3.1-8B-Instruct").await;
+    assert_eq!(u["prompt_tokens"], 65);
+    assert_eq!(u["prompt_tokens_details"]["cached_tokens"], 48);
+    // The same tokens under an adapter are a different cache entry.
+    let u = ask(text(&second), "sql-lora").await;
+    assert_eq!(u["prompt_tokens_details"]["cached_tokens"], 0);
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use kv::BlockPool;
+pub use kv::{BlockPool, KvChanges, KvGroupChanges};
 pub use lora::{Admit, LoraSlots};
 
 /// The engine's size and speed. Defaults model Llama-3.1-8B (bf16) served by vLLM on one H100 80GB.
@@ -172,7 +172,8 @@ pub struct SeqSpec {
     pub prompt_tokens: u32,
     /// Tokens to generate (at least 1).
     pub output_tokens: u32,
-    /// Hashes of the prompt's shareable leading blocks (a chained hash per full block).
+    /// Keys of the prompt's cacheable leading full blocks
+    /// ([`inferpick_schema::kv::block_keys`] over its token ids, from the root of its adapter).
     pub prefix: Arc<[u64]>,
     /// LoRA adapter, by index.
     pub adapter: Option<u32>,
@@ -579,6 +580,34 @@ impl Engine {
         }
     }
 
+    /// Starts journaling the prefix cache's stored and evicted blocks, at most `limit` changes
+    /// between drains ([`drain_kv_changes`](Self::drain_kv_changes) says when that overflowed).
+    pub fn keep_kv_journal(&mut self, limit: usize) {
+        self.pool.keep_journal(limit);
+    }
+
+    /// The prefix cache's net changes since the previous drain: what a vLLM engine would have
+    /// published as KV events.
+    pub fn drain_kv_changes(&mut self) -> KvChanges {
+        self.pool.drain_changes()
+    }
+
+    /// Whether the prefix cache changed since the previous drain.
+    pub fn kv_changed(&self) -> bool {
+        self.pool.has_changes()
+    }
+
+    /// Every block the prefix cache holds now, per adapter (for a full resend).
+    pub fn cached_blocks(&self) -> Vec<KvGroupChanges> {
+        self.pool.cached_blocks()
+    }
+
+    /// Drops the whole prefix cache, as vLLM's `/reset_prefix_cache` does; refused (false) while
+    /// a request holds cached blocks.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        self.pool.clear_cache()
+    }
+
     /// The engine's state now.
     pub fn state(&self) -> EngineState {
         let mut waiting_adapters: Vec<u32> = self
@@ -858,7 +887,7 @@ impl Engine {
             let prompt = seq.spec.prompt_tokens;
             let private = u64::from(target).div_ceil(bt) - hashes.len() as u64;
             let cached = self.cached_tokens(&hashes, target);
-            if !self.pool.acquire(&hashes, private) {
+            if !self.pool.acquire(&hashes, private, adapter) {
                 break; // FCFS: the head waits for memory, and so does everyone behind it.
             }
             self.waiting.remove(i);

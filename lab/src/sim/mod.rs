@@ -7,6 +7,7 @@
 //! Deterministic for a seed: one thread per policy, and every random choice seeded.
 
 pub mod capacity;
+pub mod kv;
 mod live;
 mod results;
 
@@ -25,7 +26,8 @@ use inferpick_schema::{
 };
 
 use crate::engine::{Counters, Engine, EngineConfig, EngineEvent, SeqSpec};
-use crate::workload::{Generator, Request, Workload, adapter_name, prompt_text};
+use crate::workload::{Generator, Request, Workload, adapter_name, push_prompt_token_ids};
+use kv::{KvDelivery, KvMirror, KvPublisher, KvReceiver};
 use live::Live;
 
 pub use results::{E2e, PolicyResult, Samples, SimReport, Ttft, ms, percentile};
@@ -97,6 +99,9 @@ pub struct SimConfig {
     pub duration: Duration,
     /// Each pod's engine.
     pub engine: EngineConfig,
+    /// How the engines' KV events reach the picker; `None`: they publish none, and pick requests
+    /// carry prompt text only (the picker's approximate prefix index).
+    pub kv_events: Option<KvDelivery>,
 }
 
 impl SimConfig {
@@ -143,6 +148,10 @@ enum Event {
     Produce(u32),
     /// A pod's oldest pending report reaches the picker.
     Deliver(u32),
+    /// A pod's agent turns its engine's KV changes into messages.
+    KvBuild(u32),
+    /// A pod's oldest KV-event message reaches the picker (or is lost).
+    KvDeliver(u32),
 }
 
 /// An event in the queue. The earliest comes first, and events due at the same time come in the
@@ -184,6 +193,8 @@ struct Pod {
     prev: Counters,
     hit_ratio: Option<f64>,
     pending: VecDeque<(Duration, LoadReport)>,
+    /// The agent's KV-event stream, when the engines publish.
+    kv: Option<KvPublisher>,
 }
 
 #[derive(Debug)]
@@ -224,6 +235,13 @@ struct Run<'a> {
     completed: u64,
     shed: u64,
     out: Vec<EngineEvent>,
+    /// Receives the KV-event messages. The picker library's table will (`Table::ingest_kv`);
+    /// until it does, the lab's model of the picker's side of the protocol.
+    kv_receiver: KvMirror,
+    /// The text of recent prompt prefixes, by the address of their shared tokens (the `Arc` kept
+    /// alongside, so the address is not reused): writing 6,000 words for every pick was a third
+    /// of a `shared-prefix` run's time.
+    prefix_text: std::collections::HashMap<usize, (Arc<[u32]>, String)>,
 }
 
 /// Runs one policy to the end and measures it.
@@ -272,6 +290,8 @@ pub fn run_policy(config: &SimConfig, policy: SimPolicy) -> PolicyResult {
             Event::Step(p) => run.step_end(p, now),
             Event::Produce(p) => run.produce(p, now),
             Event::Deliver(p) => run.deliver(p, now),
+            Event::KvBuild(p) => run.kv_build(p, now),
+            Event::KvDeliver(p) => run.kv_deliver(p, now),
         }
     }
     let stop = run.now_hint(end);
@@ -285,6 +305,10 @@ pub fn run_policy(config: &SimConfig, policy: SimPolicy) -> PolicyResult {
             .record(ttft, stop.saturating_sub(f.arrival), f.output_tokens, false);
     }
     let window = (end - warmup).as_secs_f64();
+    let (hits, queries) = run.pods.iter().fold((0, 0), |(h, q), p| {
+        let c = p.engine.state().counters;
+        (h + c.prefix_hits, q + c.prefix_queries)
+    });
     PolicyResult {
         policy: policy.to_string(),
         requests: run.requests,
@@ -294,6 +318,11 @@ pub fn run_policy(config: &SimConfig, policy: SimPolicy) -> PolicyResult {
         ttft_ms: run.samples.ttft(),
         e2e_ms: run.samples.e2e(),
         goodput: run.samples.good() as f64 / window,
+        prefix_hit_ratio: Some(if queries > 0 {
+            hits as f64 / queries as f64
+        } else {
+            0.0
+        }),
     }
 }
 
@@ -332,15 +361,28 @@ impl<'a> Run<'a> {
         if let Some(k) = config.workload.pods.kv_tokens {
             engine.kv_tokens = k;
         }
+        let publish = config.kv_events.is_some() && matches!(policy, SimPolicy::Picker(_));
         let pods: Vec<Pod> = (0..config.pods)
-            .map(|i| Pod {
-                engine: Engine::new(engine.clone()),
-                address: pod_address(i),
-                agent_id: format!("sim-agent-{i}"),
-                seq: 0,
-                prev: Counters::default(),
-                hit_ratio: None,
-                pending: VecDeque::new(),
+            .map(|i| {
+                let mut e = Engine::new(engine.clone());
+                if publish {
+                    e.keep_kv_journal(inferpick_schema::KvLimits::MAX_KEYS);
+                }
+                Pod {
+                    engine: e,
+                    address: pod_address(i),
+                    agent_id: format!("sim-agent-{i}"),
+                    seq: 0,
+                    prev: Counters::default(),
+                    hit_ratio: None,
+                    pending: VecDeque::new(),
+                    kv: publish.then(|| {
+                        KvPublisher::new(
+                            pod_address(i),
+                            splitmix(config.seed ^ 0x6b76 ^ u64::from(i)),
+                        )
+                    }),
+                }
             })
             .collect();
         let adapter_names = config.workload.adapter_names();
@@ -387,6 +429,8 @@ impl<'a> Run<'a> {
             completed: 0,
             shed: 0,
             out: Vec::new(),
+            kv_receiver: KvMirror::default(),
+            prefix_text: std::collections::HashMap::new(),
         };
         if matches!(run.router, Router::Picker { .. }) {
             // Every agent reports once before traffic starts, then every `staleness`, each with its
@@ -397,6 +441,10 @@ impl<'a> Run<'a> {
                 run.deliver(p, Duration::ZERO);
                 let phase = splitmix(config.seed ^ u64::from(p)) % staleness.max(1);
                 run.schedule(Duration::from_nanos(phase), Event::Produce(p));
+                // Every event stream starts with a reset (of an empty cache).
+                if run.pods[p as usize].kv.is_some() {
+                    run.kv_build(p, Duration::ZERO);
+                }
             }
         }
         run
@@ -497,12 +545,22 @@ impl<'a> Run<'a> {
         req: &Request,
         now: Duration,
     ) -> Result<(u32, Option<u128>), PickError> {
+        let prefixed = !req.prefix_tokens.is_empty();
+        let text = prefixed.then(|| self.short_prompt_text(req));
         let Router::Picker { table, scheduler } = &self.router else {
             unreachable!("picker_pick on an oracle run")
         };
         let ask = &mut self.asks[req.adapter.map_or(0, |a| a as usize)];
         ask.priority = Some(req.priority);
-        ask.prompt = (!req.prefix.is_empty()).then(|| prompt_text(req, false));
+        ask.prompt = text;
+        if self.config.kv_events.is_some() && prefixed {
+            let mut ids = ask.prompt_token_ids.take().unwrap_or_default();
+            ids.clear();
+            push_prompt_token_ids(req, false, &mut ids);
+            ask.prompt_token_ids = Some(ids);
+        } else if let Some(ids) = &mut ask.prompt_token_ids {
+            ids.clear();
+        }
         ask.prompt_tokens = Some(req.prompt_tokens);
         ask.max_tokens = Some(req.output_tokens);
         let pick = scheduler.pick(table, ask, now)?;
@@ -510,6 +568,26 @@ impl<'a> Run<'a> {
             .filter(|&p| p < self.config.pods)
             .expect("the picker picks among the pods' addresses");
         Ok((pod, Some(pick.decision_id.as_u128())))
+    }
+
+    /// [`prompt_text`]`(req, false)`, with the prefix's words written once per prefix.
+    fn short_prompt_text(&mut self, req: &Request) -> String {
+        const KEPT: usize = 4096;
+        let key = req.prefix_tokens.as_ptr() as usize;
+        if !self.prefix_text.contains_key(&key) {
+            if self.prefix_text.len() >= KEPT {
+                self.prefix_text.clear();
+            }
+            let text = crate::tokenizer::text_of(&req.prefix_tokens);
+            self.prefix_text
+                .insert(key, (Arc::clone(&req.prefix_tokens), text));
+        }
+        let prefix = &self.prefix_text[&key].1;
+        let ids = prompt_token_ids_tail(req);
+        let mut s = String::with_capacity(prefix.len() + 8 * ids.len());
+        s.push_str(prefix);
+        crate::tokenizer::push_text(&mut s, &ids);
+        s
     }
 
     fn close_decision(&self, decision: Option<u128>, now: Duration) {
@@ -548,6 +626,56 @@ impl<'a> Run<'a> {
         self.out = out;
         if let Some(end) = next {
             self.schedule(end, Event::Step(pod));
+        }
+        self.kv_changed(pod, now);
+    }
+
+    /// Schedules a build of the pod's KV-event messages if its cache changed and none is due.
+    fn kv_changed(&mut self, pod: u32, now: Duration) {
+        let p = &mut self.pods[pod as usize];
+        let Some(kv) = &mut p.kv else {
+            return;
+        };
+        if kv.build_scheduled || !p.engine.kv_changed() {
+            return;
+        }
+        kv.build_scheduled = true;
+        let at = kv.next_build(now);
+        self.schedule(at, Event::KvBuild(pod));
+    }
+
+    fn kv_build(&mut self, pod: u32, now: Duration) {
+        let delivery = self.config.kv_events.unwrap_or_default();
+        let p = &mut self.pods[pod as usize];
+        let Some(kv) = &mut p.kv else {
+            return;
+        };
+        let built = kv.build(&mut p.engine, &self.adapter_names, now, delivery);
+        for _ in 0..built {
+            self.schedule(now + delivery.delay, Event::KvDeliver(pod));
+        }
+    }
+
+    fn kv_deliver(&mut self, pod: u32, now: Duration) {
+        let delivery = self.config.kv_events.unwrap_or_default();
+        let Some(kv) = &mut self.pods[pod as usize].kv else {
+            return;
+        };
+        let Some(msg) = kv.arrive(delivery) else {
+            return;
+        };
+        match self.kv_receiver.receive(msg, now) {
+            Ok(ack) => kv.acked(&ack),
+            Err(e) => {
+                tracing::warn!(error = %e, "simulated KV events refused");
+                kv.resync();
+            }
+        }
+        // A resync is answered by a reset at the next build, changes or not.
+        if !kv.build_scheduled && kv.reset_due() {
+            kv.build_scheduled = true;
+            let at = kv.next_build(now);
+            self.schedule(at, Event::KvBuild(pod));
         }
     }
 
@@ -633,6 +761,13 @@ impl<'a> Run<'a> {
             tracing::warn!(error = %e, "simulated report refused");
         }
     }
+}
+
+/// The token ids of `req`'s short prompt after its prefix.
+fn prompt_token_ids_tail(req: &Request) -> Vec<u32> {
+    let mut ids = Vec::with_capacity(req.prefix_tokens.len() + 8);
+    push_prompt_token_ids(req, false, &mut ids);
+    ids.split_off(req.prefix_tokens.len())
 }
 
 /// A well-mixed 64-bit hash of `x` (SplitMix64's finalizer).

@@ -45,6 +45,10 @@ pub struct PolicyResult {
     pub e2e_ms: E2e,
     /// Requests per second meeting both SLOs (TTFT ≤ 2 s, time per output token ≤ 100 ms).
     pub goodput: f64,
+    /// Prompt tokens the engines' prefix caches saved, over prompt tokens looked up (0 to 1);
+    /// `None` where it was not measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_hit_ratio: Option<f64>,
 }
 
 /// The whole run, as `sim --json` writes it.
@@ -126,7 +130,7 @@ impl SimReport {
         let _ = writeln!(s, "{heading}");
         let _ = writeln!(
             s,
-            "{:<14} {:>9} {:>9} {:>6} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+            "{:<14} {:>9} {:>9} {:>6} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6} {:>8}",
             "policy",
             "requests",
             "completed",
@@ -138,6 +142,7 @@ impl SimReport {
             "e2e p50",
             "e2e p99",
             "goodput",
+            "hit %",
             "p99 vs rr"
         );
         let rr = self
@@ -152,7 +157,7 @@ impl SimReport {
             };
             let _ = writeln!(
                 s,
-                "{:<14} {:>9} {:>9} {:>6} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8.2} {:>8}",
+                "{:<14} {:>9} {:>9} {:>6} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8.2} {:>6} {:>8}",
                 r.policy,
                 r.requests,
                 r.completed,
@@ -164,6 +169,8 @@ impl SimReport {
                 ms(r.e2e_ms.p50),
                 ms(r.e2e_ms.p99),
                 r.goodput,
+                r.prefix_hit_ratio
+                    .map_or("-".into(), |h| format!("{:.1}", h * 100.0)),
                 vs
             );
         }
@@ -248,6 +255,7 @@ mod tests {
                 },
                 e2e_ms: E2e { p50: 4.0, p99: 5.0 },
                 goodput: 0.5,
+                prefix_hit_ratio: Some(0.25),
             }],
         };
         let v = serde_json::to_value(&report).unwrap();
@@ -260,6 +268,7 @@ mod tests {
             "shed",
             "throughput_tokens_per_s",
             "goodput",
+            "prefix_hit_ratio",
         ] {
             assert!(r.get(key).is_some(), "{key}");
         }

@@ -2,10 +2,21 @@
 
 use std::time::Duration;
 
-use super::{AdapterMix, Arrival, Class, Dist, Pods, SharedPrefix, Workload};
+use super::{
+    AdapterMix, Arrival, Class, Conversation, Dist, DocumentOrder, Documents, Pods, SharedPrefix,
+    Workload,
+};
 
 /// Names of the built-in workloads.
-pub const BUILTIN: [&str; 5] = ["chat", "shared-prefix", "multi-lora", "mixed", "bursty"];
+pub const BUILTIN: [&str; 7] = [
+    "chat",
+    "shared-prefix",
+    "multi-lora",
+    "mixed",
+    "bursty",
+    "multi-turn",
+    "rag",
+];
 
 fn class(weight: f64, priority: i32, prompt: Dist, output: Dist) -> Class {
     Class {
@@ -15,6 +26,8 @@ fn class(weight: f64, priority: i32, prompt: Dist, output: Dist) -> Class {
         output_tokens: output,
         shared_prefix: None,
         adapters: None,
+        conversation: None,
+        documents: None,
     }
 }
 
@@ -134,6 +147,73 @@ pub fn get(name: &str) -> Option<Workload> {
                 period: Duration::from_secs(30),
             },
             vec![chat_class()],
+            Pods::default(),
+        ),
+        // Chat assistants: every turn resends the conversation so far. ShareGPT and LMSYS-Chat
+        // conversations have a few turns (mean about 4), user messages of ~100 tokens with a long
+        // tail, answers of a few hundred; one of 20 system prompts of ~1k tokens (one per app).
+        "multi-turn" => workload(
+            name,
+            Arrival::Poisson { rate_per_pod: 4.0 },
+            vec![Class {
+                shared_prefix: Some(SharedPrefix {
+                    groups: 20,
+                    tokens: 1000,
+                }),
+                conversation: Some(Conversation {
+                    turns: Dist::Uniform([1, 8]),
+                    think_seconds: Dist::Lognormal {
+                        median: 20.0,
+                        sigma: 0.6,
+                        max: Some(180),
+                    },
+                    max_context_tokens: 16_000,
+                }),
+                ..class(
+                    1.0,
+                    0,
+                    Dist::Lognormal {
+                        median: 120.0,
+                        sigma: 0.9,
+                        max: Some(2000),
+                    },
+                    Dist::Uniform([100, 400]),
+                )
+            }],
+            Pods::default(),
+        ),
+        // Retrieval-augmented generation: a 500-token system prompt, then 4 of 1,000 chunks of
+        // ~600 tokens retrieved by Zipf popularity, in retrieval order, then a short question.
+        "rag" => workload(
+            name,
+            Arrival::Poisson { rate_per_pod: 3.0 },
+            vec![Class {
+                shared_prefix: Some(SharedPrefix {
+                    groups: 1,
+                    tokens: 500,
+                }),
+                documents: Some(Documents {
+                    count: 1000,
+                    per_request: 4,
+                    tokens: Dist::Lognormal {
+                        median: 600.0,
+                        sigma: 0.3,
+                        max: Some(1500),
+                    },
+                    zipf: 1.1,
+                    order: DocumentOrder::Retrieval,
+                }),
+                ..class(
+                    1.0,
+                    0,
+                    Dist::Lognormal {
+                        median: 60.0,
+                        sigma: 0.5,
+                        max: Some(400),
+                    },
+                    Dist::Uniform([100, 300]),
+                )
+            }],
             Pods::default(),
         ),
         _ => return None,

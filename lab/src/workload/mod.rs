@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use builtin::BUILTIN;
-pub use sample::{Generator, Request, prompt_text};
+pub use sample::{Generator, Request, prompt_text, prompt_token_ids, push_prompt_token_ids};
 
 /// A workload: arrivals, request classes, and the fleet it was written for.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -118,6 +118,65 @@ pub struct Class {
     /// LoRA adapters the class's requests ask for.
     #[serde(default)]
     pub adapters: Option<AdapterMix>,
+    /// Requests are turns of conversations: each resends the whole history. `prompt_tokens` is
+    /// then each turn's new user message, `output_tokens` each answer, and `shared_prefix` the
+    /// system prompt a conversation starts with.
+    #[serde(default)]
+    pub conversation: Option<Conversation>,
+    /// Requests carry retrieved documents (RAG): the system prompt (`shared_prefix`), then
+    /// `per_request` of the class's documents, then the question (`prompt_tokens`).
+    #[serde(default)]
+    pub documents: Option<Documents>,
+}
+
+/// Multi-turn conversations. Turn 1 is the system prompt and a user message; turn `k` is turn
+/// `k − 1`'s prompt, its answer and a new user message.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conversation {
+    /// Turns per conversation.
+    pub turns: Dist,
+    /// Seconds from one turn's arrival to the next's: reading the answer and typing. Open loop:
+    /// the next turn does not wait for the answer, so a slow fleet does not lower the load.
+    pub think_seconds: Dist,
+    /// A conversation ends before a turn whose prompt would exceed this (default 16,000 tokens).
+    #[serde(default = "default_max_context")]
+    pub max_context_tokens: u32,
+}
+
+fn default_max_context() -> u32 {
+    16_000
+}
+
+/// Documents retrieved into prompts, by Zipf popularity.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Documents {
+    /// Documents in the corpus (1 is the most popular).
+    pub count: u32,
+    /// Documents in each prompt, distinct.
+    pub per_request: u32,
+    /// Length of each document (drawn once per document).
+    pub tokens: Dist,
+    /// Zipf exponent of document popularity (default 1).
+    #[serde(default = "default_zipf")]
+    pub zipf: f64,
+    /// The order documents appear in the prompt (default `retrieval`).
+    #[serde(default)]
+    pub order: DocumentOrder,
+}
+
+/// How a prompt orders its documents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DocumentOrder {
+    /// By the retriever's score for the question, best first, as RAG frameworks (LangChain,
+    /// LlamaIndex) concatenate them: here, the order they were drawn, so the popular documents
+    /// tend to lead but two questions with the same documents may order them differently.
+    #[default]
+    Retrieval,
+    /// By document id: an application that sorts its context so prompts share prefixes.
+    Sorted,
 }
 
 fn default_weight() -> f64 {
@@ -363,6 +422,43 @@ impl Workload {
                     at("shared_prefix"),
                     "groups and tokens must both be at least 1".into(),
                 ));
+            }
+            if c.conversation.is_some() && c.documents.is_some() {
+                return Err((
+                    at("documents"),
+                    "a class has either `conversation` or `documents`, not both".into(),
+                ));
+            }
+            if let Some(conv) = &c.conversation {
+                conv.turns
+                    .validate()
+                    .map_err(|m| (at("conversation.turns"), m))?;
+                conv.think_seconds
+                    .validate()
+                    .map_err(|m| (at("conversation.think_seconds"), m))?;
+                if conv.max_context_tokens == 0 {
+                    return Err((
+                        at("conversation.max_context_tokens"),
+                        "must be at least 1".into(),
+                    ));
+                }
+            }
+            if let Some(d) = &c.documents {
+                if d.count == 0 || d.per_request == 0 || d.per_request > d.count {
+                    return Err((
+                        at("documents"),
+                        format!(
+                            "per_request = {}, count = {}: need 1 ≤ per_request ≤ count",
+                            d.per_request, d.count
+                        ),
+                    ));
+                }
+                d.tokens
+                    .validate()
+                    .map_err(|m| (at("documents.tokens"), m))?;
+                if !(d.zipf.is_finite() && d.zipf >= 0.0) {
+                    return Err((at("documents.zipf"), format!("{}: must be ≥ 0", d.zipf)));
+                }
             }
             if let Some(a) = &c.adapters {
                 if a.count == 0 {
