@@ -194,6 +194,7 @@ impl Fleet {
         let mut agents = Vec::new();
         for pod in &spec.pods {
             let emulator = Emulator::new(EmulatorConfig {
+                tokenizer: inferpick_lab::tokenizer::builtin(),
                 kind: pod.engine,
                 model: pod.model.clone(),
                 adapters: Vec::new(),

@@ -40,6 +40,15 @@ pub trait KvReceiver {
     fn receive(&self, msg: KvEvents, now: Duration) -> Result<KvAck, String>;
 }
 
+/// The picker library's table, as the service applies `POST /v1/kv-events`.
+impl KvReceiver for inferpick_picker::table::Table {
+    fn receive(&self, msg: KvEvents, now: Duration) -> Result<KvAck, String> {
+        self.ingest_kv(msg, now)
+            .map(|outcome| outcome.ack)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// One pod's agent side of the stream.
 #[derive(Debug)]
 pub struct KvPublisher {

@@ -235,8 +235,8 @@ struct Run<'a> {
     completed: u64,
     shed: u64,
     out: Vec<EngineEvent>,
-    /// Receives the KV-event messages. The picker library's table will (`Table::ingest_kv`);
-    /// until it does, the lab's model of the picker's side of the protocol.
+    /// Receives the KV-event messages of an oracle run (which routes on the engines themselves):
+    /// the lab's model of the picker's side of the protocol. Picker runs deliver to the table.
     kv_receiver: KvMirror,
     /// The text of recent prompt prefixes, by the address of their shared tokens (the `Arc` kept
     /// alongside, so the address is not reused): writing 6,000 words for every pick was a third
@@ -664,7 +664,11 @@ impl<'a> Run<'a> {
         let Some(msg) = kv.arrive(delivery) else {
             return;
         };
-        match self.kv_receiver.receive(msg, now) {
+        let receiver: &dyn KvReceiver = match &self.router {
+            Router::Picker { table, .. } => table.as_ref(),
+            Router::Oracle { .. } => &self.kv_receiver,
+        };
+        match receiver.receive(msg, now) {
             Ok(ack) => kv.acked(&ack),
             Err(e) => {
                 tracing::warn!(error = %e, "simulated KV events refused");
