@@ -15,6 +15,9 @@ use crate::engine::{Engine, KvGroupChanges};
 /// The shortest time between two messages from one pod: about one engine step, as vLLM publishes
 /// one batch per step.
 pub const KV_BATCH: Duration = Duration::from_millis(10);
+/// A stream with nothing to say still sends an empty message this often, so the picker keeps
+/// routing on it (its `kv_max_age` is 5 s by default).
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// How the pods' KV events reach the picker.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,6 +61,8 @@ pub struct KvPublisher {
     /// The next message must be a reset (the stream is new, or the picker asked).
     reset: bool,
     last_build: Option<Duration>,
+    /// When the last message was built (a quiet stream still sends one every [`HEARTBEAT`]).
+    last_sent: Option<Duration>,
     /// Whether a build is scheduled.
     pub build_scheduled: bool,
     /// Built messages on their way, with their arrival times.
@@ -89,11 +94,22 @@ impl KvPublisher {
             seq: 0,
             reset: true,
             last_build: None,
+            last_sent: None,
             build_scheduled: false,
             in_flight: VecDeque::new(),
             rng: SmallRng::seed_from_u64(seed),
             counts: KvCounts::default(),
         }
+    }
+
+    /// Whether a quiet stream is due its heartbeat (an empty message saying it is live), as the
+    /// agent sends one every report interval at least.
+    pub fn heartbeat_due(&self, now: Duration) -> bool {
+        !self.build_scheduled && self.last_sent.is_none_or(|t| now >= t + HEARTBEAT)
+    }
+
+    fn heartbeat_due_at(&self, now: Duration) -> bool {
+        self.last_sent.is_none_or(|t| now >= t + HEARTBEAT)
     }
 
     /// When the next message may be built, at the earliest.
@@ -116,7 +132,7 @@ impl KvPublisher {
         let block_size = engine.config().block_tokens;
         let (reset, cleared, groups) = if self.reset || changes.overflowed {
             (true, false, engine.cached_blocks())
-        } else if changes.is_empty() {
+        } else if changes.is_empty() && !self.heartbeat_due_at(now) {
             return 0;
         } else {
             (false, changes.cleared, changes.groups)
@@ -177,6 +193,9 @@ impl KvPublisher {
             self.counts.resets += u64::from(msg.reset);
             self.counts.keys += msg.key_count() as u64;
             self.in_flight.push_back((now + delivery.delay, msg));
+        }
+        if built > 0 {
+            self.last_sent = Some(now);
         }
         built
     }

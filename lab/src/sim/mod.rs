@@ -689,6 +689,13 @@ impl<'a> Run<'a> {
         }
         self.produce_report(pod, now);
         self.schedule(now + self.config.report_delay, Event::Deliver(pod));
+        if let Some(kv) = &mut self.pods[pod as usize].kv
+            && kv.heartbeat_due(now)
+        {
+            kv.build_scheduled = true;
+            let at = kv.next_build(now);
+            self.schedule(at, Event::KvBuild(pod));
+        }
         self.schedule(now + self.config.staleness, Event::Produce(pod));
     }
 

@@ -1277,3 +1277,37 @@ fn a_text_prompt_is_tokenized_with_the_models_tokenizer_for_the_exact_index() {
         0
     );
 }
+
+#[test]
+fn exact_cached_tokens_keep_their_credit_past_the_imbalance_guard() {
+    use inferpick_schema::kv::{BASE_ROOT, block_keys};
+    // The holder runs 12 requests, the other pod none: the guard would withdraw a guessed credit.
+    let t = table(vec![
+        pod("10.0.0.1:8000", 0, 12, 0.2),
+        pod("10.0.0.2:8000", 0, 0, 0.2),
+    ]);
+    let prompt: Vec<u32> = (0..7000).collect();
+    let keys = block_keys(BASE_ROOT, &prompt, 16, 375);
+    t.ingest_kv(
+        kv(
+            "10.0.0.1:8000",
+            0,
+            keys,
+            inferpick_schema::KvStreamState::Live,
+        ),
+        NOW,
+    )
+    .unwrap();
+    let s = sched(Policy::Inferpick);
+    let pick = s
+        .pick(
+            &t,
+            &PickRequest {
+                prompt_token_ids: Some(prompt),
+                ..req()
+            },
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(&*pick.endpoint, "10.0.0.1:8000");
+}

@@ -139,7 +139,9 @@ impl Profile for Inferpick {
             let load = c.load();
             let overloaded = load > min_load + m.prefix_imbalance_requests
                 && load as f64 > min_load as f64 * m.prefix_imbalance_ratio;
-            let credit = if overloaded {
+            // The guard protects against trusting a guess: cached tokens the engine's own KV
+            // events report are a fact, and the queue terms already price the load.
+            let credit = if overloaded && !c.cached_exact {
                 0.0
             } else {
                 f64::from(c.cached_tokens)
