@@ -17,11 +17,13 @@ const WARMUP: Duration = Duration::from_secs(30);
 
 /// Requests per second one saturated pod completes for `workload`.
 pub fn per_pod(workload: &Workload, engine: &EngineConfig, seed: u64) -> f64 {
-    // The generator's timing is irrelevant here: only its lengths and prefixes are used.
+    // Only the requests' lengths and prefixes are used, in the order they come, but at the
+    // workload's own rate: a multi-turn conversation's later (longer) turns come a think time after
+    // its first, so a much faster stream would be nearly all first turns and overstate capacity.
     let mut requests = Generator::new(
         workload,
         1,
-        1000.0,
+        workload.arrival.rate_per_pod(),
         Duration::from_secs(1_000_000),
         seed ^ 0xca9a_c1f7,
         engine.block_tokens,
