@@ -42,7 +42,7 @@ const fn m(name: &'static str, kind: Kind, exporter: Exporter) -> Metric {
 use Exporter::{Agent, Picker};
 use Kind::{Counter, Gauge, Histogram};
 
-/// Every metric family of CONTRACTS.md.
+/// Every metric family of CONTRACTS.md, and the extensions the README lists.
 pub const METRICS: &[Metric] = &[
     m("inferpick_endpoint_requests_waiting", Gauge, Agent),
     m("inferpick_endpoint_requests_running", Gauge, Agent),
@@ -80,6 +80,26 @@ pub const METRICS: &[Metric] = &[
     m("inferpick_picker_routed_total", Counter, Picker),
     m("inferpick_picker_pool_saturation", Gauge, Picker),
     m("inferpick_picker_info", Gauge, Picker),
+    // Token-exact prefix routing (the picker's extensions of the contract).
+    m("inferpick_picker_kv_events_total", Counter, Picker),
+    m("inferpick_picker_kv_blocks_total", Counter, Picker),
+    m("inferpick_picker_kv_index_blocks", Gauge, Picker),
+    m("inferpick_picker_kv_stream_live", Gauge, Picker),
+    m(
+        "inferpick_picker_prefix_prediction_error_tokens",
+        Histogram,
+        Picker,
+    ),
+    m(
+        "inferpick_picker_prefix_predicted_tokens_total",
+        Counter,
+        Picker,
+    ),
+    m(
+        "inferpick_picker_prefix_actual_tokens_total",
+        Counter,
+        Picker,
+    ),
 ];
 
 /// Series names Prometheus itself records for every scrape target.

@@ -306,14 +306,15 @@ impl Fleet {
         }
     }
 
-    /// A non-streaming completion of `max_tokens` tokens on `endpoint` (`ip:port`).
+    /// A non-streaming completion of `max_tokens` tokens on `endpoint` (`ip:port`); returns the
+    /// response's `usage.prompt_tokens_details.cached_tokens`.
     pub async fn complete(
         &self,
         endpoint: &str,
         model: &str,
         prompt: &str,
         max_tokens: u32,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<u32>> {
         let response = self
             .http
             .post(format!("http://{endpoint}/v1/completions"))
@@ -327,15 +328,30 @@ impl Fleet {
                 response.text().await?
             );
         }
-        Ok(())
+        // The engine's count of prompt tokens its prefix cache served, when it says.
+        let body: Value = response.json().await?;
+        Ok(body["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok()))
     }
 
     /// `POST /v1/done` for a decision.
     pub async fn done(&self, picker: usize, decision: &Decision) -> anyhow::Result<()> {
+        self.done_with(picker, decision, None).await
+    }
+
+    /// `POST /v1/done` with the engine's count of cached prompt tokens, as a gateway that reads
+    /// the response's usage reports it.
+    pub async fn done_with(
+        &self,
+        picker: usize,
+        decision: &Decision,
+        cached_tokens: Option<u32>,
+    ) -> anyhow::Result<()> {
         let addr = self.pickers.get(picker).context("no such picker")?.addr;
         self.http
             .post(format!("http://{addr}/v1/done"))
-            .json(&json!({"decision_id": decision.decision_id}))
+            .json(&json!({"decision_id": decision.decision_id, "cached_tokens": cached_tokens}))
             .send()
             .await?
             .error_for_status()?;
@@ -352,9 +368,10 @@ impl Fleet {
         let outcome = self.pick(picker, request).await?;
         if let PickOutcome::Routed(decision) = &outcome {
             let prompt = request.prompt.as_deref().unwrap_or("Hello");
-            self.complete(&decision.endpoint, &decision.model, prompt, max_tokens)
+            let cached = self
+                .complete(&decision.endpoint, &decision.model, prompt, max_tokens)
                 .await?;
-            self.done(picker, decision).await?;
+            self.done_with(picker, decision, cached).await?;
         }
         Ok(outcome)
     }
