@@ -20,6 +20,7 @@ pub mod engine;
 pub mod expo;
 pub mod gpu;
 pub mod http;
+pub mod kv;
 pub mod listener;
 pub mod metrics;
 pub mod push;
