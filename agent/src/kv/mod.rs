@@ -3,5 +3,9 @@
 //!
 //! - [`msgpack`]: a bounded MessagePack reader; [`wire`]: the engines' event batches.
 
+pub mod metrics;
+pub mod mirror;
 pub mod msgpack;
+pub mod push;
+pub mod subscribe;
 pub mod wire;
