@@ -134,6 +134,7 @@ impl<'a> Follower<'a> {
     ) {
         use futures::StreamExt;
         let mut check = tokio::time::interval(silence / 3);
+        let mut monitoring = true;
         loop {
             tokio::select! {
                 message = socket.recv() => match message {
@@ -144,7 +145,7 @@ impl<'a> Follower<'a> {
                         return;
                     }
                 },
-                event = monitor.next() => match event {
+                event = monitor.next(), if monitoring => match event {
                     Some(SocketEvent::Disconnected(_)) => {
                         self.set_state(KvStreamState::Stale, "the publisher disconnected");
                     }
@@ -152,7 +153,8 @@ impl<'a> Follower<'a> {
                         tracing::info!(endpoint = %self.source.endpoint, "KV-event publisher connected again");
                     }
                     Some(_) => {}
-                    None => std::future::pending::<()>().await,
+                    // The socket dropped its monitor: disconnections now show as silence.
+                    None => monitoring = false,
                 },
                 _ = check.tick() => {
                     if self.last_event.elapsed() > silence && !*engine_ready.borrow() {
