@@ -131,6 +131,35 @@ pub struct Args {
     #[arg(long, env = "INFERPICK_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// The engine's KV-cache event publisher (ZeroMQ): `tcp://host:port`, `auto` (vLLM's
+    /// default tcp://127.0.0.1:5557, off until an event arrives) or `off`. Blocks it stores and
+    /// evicts are pushed to every picker as keys of their token ids, for exact prefix routing.
+    #[arg(
+        long,
+        env = "INFERPICK_KV_EVENTS",
+        default_value = "auto",
+        value_name = "tcp://HOST:PORT|auto|off"
+    )]
+    pub kv_events: String,
+
+    /// The engine's KV-event replay socket (vLLM's `replay_endpoint`), asked for the batches of a
+    /// gap in the sequence; without it a gap resets the pickers' view of this endpoint.
+    #[arg(
+        long,
+        env = "INFERPICK_KV_EVENTS_REPLAY",
+        value_name = "tcp://HOST:PORT"
+    )]
+    pub kv_events_replay: Option<String>,
+
+    /// Most blocks mirrored from the engine's events (about 56 bytes each); past it the oldest
+    /// are dropped and the pickers told.
+    #[arg(
+        long,
+        env = "INFERPICK_KV_EVENTS_MAX_BLOCKS",
+        default_value_t = 1_000_000
+    )]
+    pub kv_events_max_blocks: usize,
+
     /// Scrape once, print the report as JSON and exit (1 with one line on stderr on failure).
     #[arg(long, env = "INFERPICK_ONCE")]
     pub once: bool,

@@ -47,6 +47,23 @@ pub struct Config {
     pub pod_resources_socket: PathBuf,
     /// Own HTTP listener.
     pub listen: SocketAddr,
+    /// The engine's KV-event stream to follow (`None`: `--kv-events off`).
+    pub kv_events: Option<crate::kv::subscribe::Source>,
+    /// Bound on the KV mirror, in blocks.
+    pub kv_max_blocks: usize,
+}
+
+/// A `tcp://host:port` ZeroMQ endpoint, or why not.
+fn zmq_endpoint(value: &str) -> Result<String, String> {
+    let rest = value
+        .strip_prefix("tcp://")
+        .ok_or_else(|| format!("{value:?}: only tcp://host:port endpoints are supported"))?;
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(value.to_string())
+        }
+        _ => Err(format!("{value:?} is not tcp://host:port")),
+    }
 }
 
 /// A flag or environment value that cannot work; names the flag and the value.
@@ -157,6 +174,41 @@ impl Config {
                 ),
             );
         }
+        let kv_replay = match &args.kv_events_replay {
+            Some(r) => match zmq_endpoint(r) {
+                Ok(r) => Some(r),
+                Err(p) => {
+                    fail("--kv-events-replay", p);
+                    None
+                }
+            },
+            None => None,
+        };
+        let kv_events = match args.kv_events.as_str() {
+            "off" => None,
+            "auto" => Some(crate::kv::subscribe::Source {
+                endpoint: crate::kv::subscribe::VLLM_DEFAULT.to_string(),
+                replay: kv_replay,
+                auto: true,
+            }),
+            other => match zmq_endpoint(other) {
+                Ok(endpoint) => Some(crate::kv::subscribe::Source {
+                    endpoint,
+                    replay: kv_replay,
+                    auto: false,
+                }),
+                Err(p) => {
+                    fail("--kv-events", format!("{p}; or auto, or off"));
+                    None
+                }
+            },
+        };
+        if args.kv_events_max_blocks == 0 {
+            fail(
+                "--kv-events-max-blocks",
+                "is 0: at least 1 (use --kv-events off to turn events off)".into(),
+            );
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -178,6 +230,8 @@ impl Config {
             gpu: args.gpu.clone(),
             pod_resources_socket: args.pod_resources_socket.clone(),
             listen: args.listen,
+            kv_events: kv_events.filter(|_| !args.once),
+            kv_max_blocks: args.kv_events_max_blocks,
         })
     }
 }
@@ -246,6 +300,37 @@ mod tests {
             ["--engine-url", "--endpoint", "--picker", "--interval"]
         );
         assert!(errs[1].to_string().contains("not host:port"), "{}", errs[1]);
+    }
+
+    #[test]
+    fn kv_event_flags_are_checked() {
+        let c = parse(&["--endpoint", "10.0.0.1:8000"]).unwrap();
+        let source = c.kv_events.unwrap();
+        assert!(source.auto);
+        assert_eq!(source.endpoint, "tcp://127.0.0.1:5557");
+        assert_eq!(c.kv_max_blocks, 1_000_000);
+        let c = parse(&["--endpoint", "10.0.0.1:8000", "--kv-events", "off"]).unwrap();
+        assert!(c.kv_events.is_none());
+        let errs = parse(&[
+            "--endpoint",
+            "10.0.0.1:8000",
+            "--kv-events",
+            "ipc:///tmp/x",
+            "--kv-events-replay",
+            "tcp://host",
+            "--kv-events-max-blocks",
+            "0",
+        ])
+        .unwrap_err();
+        let flags: Vec<_> = errs.iter().map(|e| e.flag).collect();
+        assert_eq!(
+            flags,
+            [
+                "--kv-events-replay",
+                "--kv-events",
+                "--kv-events-max-blocks"
+            ]
+        );
     }
 
     #[test]

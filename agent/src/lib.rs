@@ -10,6 +10,7 @@
 //!   [`tls`]: rustls for `https://` pickers and `--ca-file`.
 //! - [`metrics`] and [`http`]: the agent's own `/metrics`, `/healthz`, `/readyz`, `/v1/report`;
 //!   [`listener`]: the accept loop that bounds every connection in time and size.
+//! - [`kv`]: the engine's KV-cache events, mirrored and pushed to pickers as block keys.
 //! - [`service`]: the loop that ties them together; [`run`] is the whole agent from its flags.
 
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod engine;
 pub mod expo;
 pub mod gpu;
 pub mod http;
+pub mod kv;
 pub mod listener;
 pub mod metrics;
 pub mod push;

@@ -75,6 +75,8 @@ pub struct AgentMetrics {
     pushes: Family<PushLabels, Counter>,
     push_duration: Histogram,
     info: Family<InfoLabels, Gauge>,
+    /// The KV-event families (`inferpick_agent_kv_events_*`).
+    pub kv: crate::kv::metrics::KvMetrics,
 }
 
 impl Default for AgentMetrics {
@@ -178,7 +180,9 @@ impl AgentMetrics {
             "The agent's version and the engine it reads; always 1",
             info.clone(),
         );
+        let kv = crate::kv::metrics::KvMetrics::register(&mut registry);
         AgentMetrics {
+            kv,
             registry,
             update: Mutex::new(()),
             waiting,

@@ -90,6 +90,73 @@ impl std::str::FromStr for TargetSpec {
     }
 }
 
+impl TargetSpec {
+    /// The same target with its URL's path replaced by `path` (`/v1/kv-events` beside the
+    /// reports' path).
+    pub fn with_path(&self, path: &str) -> TargetSpec {
+        match self {
+            TargetSpec::Url(url) => {
+                let mut url = url.clone();
+                url.set_path(path);
+                TargetSpec::Url(url)
+            }
+            TargetSpec::Dns {
+                host, port, tls, ..
+            } => TargetSpec::Dns {
+                host: host.clone(),
+                port: *port,
+                path: path.to_string(),
+                tls: *tls,
+            },
+        }
+    }
+}
+
+/// Backoff after failed pushes to one target: the next attempt after a first failure is
+/// immediate (a restarted picker is whole again within two intervals), then every 2, 4, …
+/// intervals up to [`MAX_BACKOFF`].
+#[derive(Debug)]
+pub struct Backoff {
+    interval: Duration,
+    failures: u32,
+    retry_at: Instant,
+}
+
+impl Backoff {
+    /// No failures yet.
+    pub fn new(interval: Duration) -> Self {
+        Backoff {
+            interval,
+            failures: 0,
+            retry_at: Instant::now(),
+        }
+    }
+
+    /// Whether an attempt may be made now.
+    pub fn ready(&self) -> bool {
+        Instant::now() >= self.retry_at
+    }
+
+    /// Records a success; returns how many failures it ended.
+    pub fn succeeded(&mut self) -> u32 {
+        std::mem::take(&mut self.failures)
+    }
+
+    /// Records a failure; returns the failures in a row and the wait before the next attempt,
+    /// and whether this one should be logged (the first, then one in fifty).
+    pub fn failed(&mut self) -> (u32, Duration, bool) {
+        self.failures += 1;
+        let backoff = self
+            .interval
+            .saturating_mul(1 << (self.failures - 1).min(6))
+            .min(MAX_BACKOFF);
+        // Half an interval early, so the report that arrives at the deadline is sent.
+        self.retry_at = Instant::now() + backoff.saturating_sub(self.interval / 2);
+        let log = self.failures == 1 || self.failures.is_multiple_of(50);
+        (self.failures, backoff, log)
+    }
+}
+
 /// Builds the HTTP clients pushes go through: bounded in time, TLS trusting `--ca-file` (or the
 /// system's roots).
 #[derive(Clone)]
@@ -193,37 +260,39 @@ pub struct Outgoing {
     pub last: bool,
 }
 
-/// One address reports are POSTed to.
-struct Target {
-    url: Url,
+/// One address pushes are POSTed to.
+#[derive(Clone)]
+pub struct Target {
+    /// Where to POST.
+    pub url: Url,
     /// How logs and metrics name it: the URL, with the address in place of a `dns+` name.
-    label: String,
-    client: Client,
+    pub label: String,
+    /// The client to POST with.
+    pub client: Client,
 }
 
-/// Starts one task per target (and per resolved address). Each ends after sending a report
-/// marked [`Outgoing::last`], or when `reports` closes.
-pub fn spawn(
+/// Starts one target's push loop.
+pub type StartTarget = Arc<dyn Fn(Target) -> JoinHandle<()> + Send + Sync>;
+/// Resolves when a `dns+` target should stop following its name, once its tasks end.
+pub type Finished = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Starts `start` for every target: once for a URL, and for every address of a `dns+` name
+/// (following the name as it changes, until `finished()` resolves and its tasks end).
+pub fn spawn_targets(
     specs: &[TargetSpec],
     clients: Clients,
-    reports: watch::Receiver<Option<Outgoing>>,
-    metrics: Arc<AgentMetrics>,
-    interval: Duration,
+    start: StartTarget,
+    finished: impl Fn() -> Finished,
 ) -> Result<Vec<JoinHandle<()>>, reqwest::Error> {
     let shared = clients.build(None)?;
     Ok(specs
         .iter()
         .map(|spec| match spec.clone() {
-            TargetSpec::Url(url) => tokio::spawn(push_loop(
-                Target {
-                    label: url.to_string(),
-                    url,
-                    client: shared.clone(),
-                },
-                reports.clone(),
-                metrics.clone(),
-                interval,
-            )),
+            TargetSpec::Url(url) => start(Target {
+                label: url.to_string(),
+                url,
+                client: shared.clone(),
+            }),
             TargetSpec::Dns {
                 host,
                 port,
@@ -238,12 +307,32 @@ pub fn spawn(
                 },
                 clients.clone(),
                 shared.clone(),
-                reports.clone(),
-                metrics.clone(),
-                interval,
+                start.clone(),
+                finished(),
             )),
         })
         .collect())
+}
+
+/// Starts one task per target (and per resolved address). Each ends after sending a report
+/// marked [`Outgoing::last`], or when `reports` closes.
+pub fn spawn(
+    specs: &[TargetSpec],
+    clients: Clients,
+    reports: watch::Receiver<Option<Outgoing>>,
+    metrics: Arc<AgentMetrics>,
+    interval: Duration,
+) -> Result<Vec<JoinHandle<()>>, reqwest::Error> {
+    let rx = reports.clone();
+    let start: StartTarget = Arc::new(move |target| {
+        tokio::spawn(push_loop(target, rx.clone(), metrics.clone(), interval))
+    });
+    spawn_targets(specs, clients, start, move || {
+        let reports = reports.clone();
+        Box::pin(async move {
+            last_report(&reports).await;
+        })
+    })
 }
 
 struct DnsTarget {
@@ -280,18 +369,16 @@ impl DnsTarget {
 }
 
 /// Keeps one push task per address of the target's name, adding and removing them as DNS
-/// changes. After the last report it waits for those tasks to send it.
+/// changes. Once `finished` resolves it waits for those tasks to end.
 async fn follow_dns(
     target: DnsTarget,
     clients: Clients,
     shared: Client,
-    reports: watch::Receiver<Option<Outgoing>>,
-    metrics: Arc<AgentMetrics>,
-    interval: Duration,
+    start: StartTarget,
+    mut finished: Finished,
 ) {
     let host = target.host.clone();
     let mut tasks: BTreeMap<SocketAddr, AbortOnDrop> = BTreeMap::new();
-    let mut watching = reports.clone();
     loop {
         match tokio::net::lookup_host((host.as_str(), target.port)).await {
             Ok(addrs) => {
@@ -310,13 +397,7 @@ async fn follow_dns(
                     match target.at(addr, &clients, &shared) {
                         Ok(t) => {
                             tracing::info!(%host, target = %t.label, "pushing to picker address");
-                            let task = tokio::spawn(push_loop(
-                                t,
-                                reports.clone(),
-                                metrics.clone(),
-                                interval,
-                            ));
-                            tasks.insert(addr, AbortOnDrop(task));
+                            tasks.insert(addr, AbortOnDrop(start(t)));
                         }
                         Err(e) => {
                             tracing::warn!(%host, %addr, "cannot push to picker address: {e}")
@@ -328,21 +409,13 @@ async fn follow_dns(
                 tracing::warn!(%host, "cannot resolve picker name: {e}; keeping {} known addresses", tasks.len())
             }
         }
-        // Wait for the next resolution, waking on every report only to notice the last one.
-        let next = tokio::time::Instant::now() + RESOLVE_EVERY;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => break,
-                changed = watching.changed() => {
-                    let last = changed.is_err()
-                        || watching.borrow_and_update().as_ref().is_some_and(|o| o.last);
-                    if last {
-                        for task in tasks.values_mut() {
-                            let _ = (&mut task.0).await;
-                        }
-                        return;
-                    }
+        tokio::select! {
+            _ = tokio::time::sleep(RESOLVE_EVERY) => {}
+            _ = &mut finished => {
+                for task in tasks.values_mut() {
+                    let _ = (&mut task.0).await;
                 }
+                return;
             }
         }
     }
@@ -372,8 +445,7 @@ async fn push_loop(
     metrics: Arc<AgentMetrics>,
     interval: Duration,
 ) {
-    let mut failures = 0u32;
-    let mut retry_at = Instant::now();
+    let mut backoff = Backoff::new(interval);
     while reports.changed().await.is_ok() {
         let Some(out) = reports.borrow_and_update().clone() else {
             continue;
@@ -382,7 +454,7 @@ async fn push_loop(
             push_last(&target, out, &metrics).await;
             return;
         }
-        if Instant::now() < retry_at {
+        if !backoff.ready() {
             continue;
         }
         // The last report does not wait behind a push to a slow picker.
@@ -395,22 +467,14 @@ async fn push_loop(
         };
         match result {
             Ok(()) => {
-                if failures > 0 {
-                    tracing::info!(target = %target.label, after = failures, "push works again");
+                let after = backoff.succeeded();
+                if after > 0 {
+                    tracing::info!(target = %target.label, after, "push works again");
                 }
-                failures = 0;
             }
             Err(e) => {
-                failures += 1;
-                // The next report after a first failure is tried (a restarted picker is whole
-                // again within two intervals), then every 2, 4, … intervals up to MAX_BACKOFF.
-                let backoff = interval
-                    .saturating_mul(1 << (failures - 1).min(6))
-                    .min(MAX_BACKOFF);
-                // Half an interval early, so the report that arrives at the deadline is sent.
-                retry_at = Instant::now() + backoff.saturating_sub(interval / 2);
-                // The first failure and then one in fifty, so a long outage does not flood the log.
-                if failures == 1 || failures.is_multiple_of(50) {
+                let (failures, backoff, log) = backoff.failed();
+                if log {
                     tracing::warn!(target = %target.label, failures, ?backoff, "push failed: {e}");
                 }
             }

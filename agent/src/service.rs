@@ -182,6 +182,13 @@ pub async fn serve_with(
         "inferpick-agent started"
     );
 
+    let (engine_ready_tx, engine_ready_rx) = watch::channel(true);
+    let token_file = config
+        .token_file
+        .clone()
+        .map(|p| Arc::new(TokenFile::new(p)));
+    let kv_tasks = start_kv_events(&config, &metrics, engine_ready_rx, token_file.clone())?;
+
     let gpu_override = gpus;
     let gpus = Arc::new(Mutex::new(Vec::<Gpu>::new()));
     let gpu_task = tokio::spawn(sample_gpus(config.clone(), gpu_override, gpus.clone()));
@@ -204,7 +211,7 @@ pub async fn serve_with(
         },
     ));
 
-    let token = config.token_file.clone().map(TokenFile::new);
+    let token = token_file;
     let mut scraper = Scraper::new(&config);
     let mut builder = ReportBuilder::new(&config);
     let mut ticker = tokio::time::interval(config.interval);
@@ -216,7 +223,7 @@ pub async fn serve_with(
         let body = Bytes::from(serde_json::to_vec(&report).expect("a report serializes"));
         let _ = out_tx.send(Some(Outgoing {
             body,
-            token: token.as_ref().and_then(TokenFile::current),
+            token: token.as_ref().and_then(|t| t.current()),
             last,
         }));
         let _ = latest_tx.send(Some(Arc::new(report)));
@@ -232,6 +239,7 @@ pub async fn serve_with(
             _ = stop.wait_for(|s| *s) => break,
         };
         let ready = observation.engine.ready;
+        engine_ready_tx.send_replace(ready);
         if was_ready != Some(ready) {
             match &observation.engine.error {
                 None => tracing::info!(engine = %observation.engine.kind, "engine ready"),
@@ -243,6 +251,7 @@ pub async fn serve_with(
         publish(builder.build(observation, sample), false);
     }
 
+    drop(kv_tasks);
     tracing::info!("stopping: /readyz fails from now; pushing the last report");
     gpu_task.abort();
     let sample = gpus.lock().expect("gpu lock").clone();
@@ -265,6 +274,51 @@ pub async fn serve_with(
     let _ = http.await;
     tracing::info!("inferpick-agent stopped");
     Ok(())
+}
+
+/// Starts the KV-event subscription and its pushes to every picker (nothing with
+/// `--kv-events off`); the tasks end when the returned handles are dropped.
+fn start_kv_events(
+    config: &Config,
+    metrics: &Arc<AgentMetrics>,
+    engine_ready: watch::Receiver<bool>,
+    token: Option<Arc<TokenFile>>,
+) -> Result<Vec<push::AbortOnDrop>, AgentError> {
+    let Some(source) = config.kv_events.clone() else {
+        return Ok(Vec::new());
+    };
+    let state = Arc::new(Mutex::new(crate::kv::mirror::KvState::new(
+        config.kv_max_blocks,
+    )));
+    let (changed_tx, changed_rx) = watch::channel(0u64);
+    let context = Arc::new(crate::kv::push::Context {
+        state: state.clone(),
+        metrics: metrics.clone(),
+        changed: changed_rx,
+        endpoint: config.endpoint.clone(),
+        stream: uuid::Uuid::new_v4().to_string(),
+        token,
+        interval: config.interval,
+    });
+    let clients = Clients::new(config.push_timeout, config.ca_roots.clone());
+    let mut tasks: Vec<push::AbortOnDrop> =
+        crate::kv::push::spawn(&config.pickers, clients, context)
+            .map_err(|e| AgentError::Client(crate::engine::error_chain(&e)))?
+            .into_iter()
+            .map(push::AbortOnDrop)
+            .collect();
+    let shared = crate::kv::subscribe::Shared {
+        state,
+        metrics: metrics.clone(),
+        changed: changed_tx,
+    };
+    tasks.push(push::AbortOnDrop(tokio::spawn(crate::kv::subscribe::run(
+        source,
+        shared,
+        engine_ready,
+        config.interval,
+    ))));
+    Ok(tasks)
 }
 
 /// Samples the GPUs every [`GPU_EVERY`] into `into`, off the async runtime (NVML blocks).
