@@ -31,6 +31,8 @@ pub struct PodSpec {
     pub model: String,
     /// The GPU its agent reports, if any (a fake NVML).
     pub gpu: Option<Gpu>,
+    /// More flags for its agent (`--kv-events=…`).
+    pub agent_args: Vec<String>,
 }
 
 /// What to start.
@@ -213,6 +215,7 @@ impl Fleet {
                     &push_targets,
                     spec.interval,
                     gpu,
+                    &pod.agent_args,
                 )
                 .await?,
             );
@@ -220,7 +223,8 @@ impl Fleet {
         }
         if spec.agent_without_engine {
             let endpoint = format!("127.0.0.1:{}", free_port()?);
-            agents.push(start_agent(&endpoint, None, &push_targets, spec.interval, None).await?);
+            agents
+                .push(start_agent(&endpoint, None, &push_targets, spec.interval, None, &[]).await?);
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -384,6 +388,7 @@ async fn start_agent(
     push_targets: &[String],
     interval: Duration,
     gpu: Option<Arc<dyn GpuSource>>,
+    extra: &[String],
 ) -> anyhow::Result<AgentHandle> {
     let mut args = vec![
         "inferpick-agent".to_owned(),
@@ -399,6 +404,7 @@ async fn start_agent(
     if let Some(engine) = engine {
         args.push(format!("--engine={}", engine.as_str()));
     }
+    args.extend(extra.iter().cloned());
     let args = inferpick_agent::Args::try_parse_from(args)?;
     let config = inferpick_agent::Config::from_args(&args).map_err(|errors| {
         let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();

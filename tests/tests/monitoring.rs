@@ -463,6 +463,7 @@ async fn every_dashboard_and_alert_query_returns_data_from_a_live_fleet() {
         engine,
         model: model.to_owned(),
         gpu: Some(testing::gpu(gpu)),
+        agent_args: Vec::new(),
     };
     let fleet = Fleet::start(FleetSpec {
         pods: vec![

@@ -117,6 +117,7 @@ pub async fn setup() -> Setup {
         engine,
         model: MODEL.into(),
         gpu: None,
+        agent_args: Vec::new(),
     };
     let fleet = Fleet::start(FleetSpec {
         pods: vec![
