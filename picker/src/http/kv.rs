@@ -9,9 +9,8 @@ use axum::{Extension, Json};
 use http::{HeaderMap, StatusCode};
 use inferpick_schema::{KvAck, KvEvents, decode_json};
 
-use super::{ApiError, MAX_KV_EVENTS_BODY, read_body, require_json};
-use crate::front::authorize;
-use crate::state::{AppState, Scope};
+use super::{ApiError, MAX_KV_EVENTS_BODY, read_push};
+use crate::state::AppState;
 use crate::trust::check_origin;
 
 /// Answers `200` with the ack when applied, `409` with it when the agent must send a reset.
@@ -29,15 +28,10 @@ pub(super) async fn kv_events(
             e
         }
     };
-    authorize(&state, &headers, Scope::Report).map_err(refused("unauthorized"))?;
-    require_json(&headers).map_err(refused("invalid"))?;
-    let bytes = read_body(&state, &headers, body, MAX_KV_EVENTS_BODY)
-        .await
-        .map_err(|e| match e {
-            ApiError::PayloadTooLarge { .. } => refused("too_large")(e),
-            ApiError::RequestTimeout(_) => refused("timeout")(e),
-            e => refused("invalid")(e),
-        })?;
+    let bytes = read_push(&state, &headers, body, MAX_KV_EVENTS_BODY, |result, e| {
+        refused(result)(e)
+    })
+    .await?;
     let msg: KvEvents = decode_json(&bytes)
         .map_err(|e| refused("invalid")(ApiError::InvalidRequest(e.to_string())))?;
     msg.validate().map_err(|e| {

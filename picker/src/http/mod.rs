@@ -45,6 +45,28 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// An agent's push (`/v1/reports`, `/v1/kv-events`): authorized with the report token, JSON, at
+/// most `limit` bytes. A refusal goes through `refused` with its metric result (`unauthorized`,
+/// `invalid`, `too_large`, `timeout`), which counts and logs it.
+async fn read_push(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    refused: impl Fn(&'static str, ApiError) -> ApiError,
+) -> Result<Bytes, ApiError> {
+    crate::front::authorize(state, headers, crate::state::Scope::Report)
+        .map_err(|e| refused("unauthorized", e))?;
+    require_json(headers).map_err(|e| refused("invalid", e))?;
+    read_body(state, headers, body, limit)
+        .await
+        .map_err(|e| match e {
+            ApiError::PayloadTooLarge { .. } => refused("too_large", e),
+            ApiError::RequestTimeout(_) => refused("timeout", e),
+            e => refused("invalid", e),
+        })
+}
+
 /// Reads the whole body, refusing more than `limit` bytes with 413 and a body that has not
 /// arrived within the request timeout with 408.
 async fn read_body(

@@ -8,9 +8,8 @@ use axum::extract::{ConnectInfo, State};
 use http::{HeaderMap, StatusCode};
 use inferpick_schema::decode_reports;
 
-use super::{ApiError, MAX_REPORTS_BODY, read_body, require_json};
-use crate::front::authorize;
-use crate::state::{AppState, Scope};
+use super::{ApiError, MAX_REPORTS_BODY, read_push};
+use crate::state::AppState;
 use crate::table::{IngestError, IngestOutcome};
 use crate::trust::check_origin;
 
@@ -28,15 +27,10 @@ pub(super) async fn reports(
             e
         }
     };
-    authorize(&state, &headers, Scope::Report).map_err(refused("unauthorized"))?;
-    require_json(&headers).map_err(refused("invalid"))?;
-    let bytes = read_body(&state, &headers, body, MAX_REPORTS_BODY)
-        .await
-        .map_err(|e| match e {
-            ApiError::PayloadTooLarge { .. } => refused("too_large")(e),
-            ApiError::RequestTimeout(_) => refused("timeout")(e),
-            e => refused("invalid")(e),
-        })?;
+    let bytes = read_push(&state, &headers, body, MAX_REPORTS_BODY, |result, e| {
+        refused(result)(e)
+    })
+    .await?;
     let reports = decode_reports(&bytes)
         .map_err(|e| refused("invalid")(ApiError::InvalidRequest(e.to_string())))?;
     // Served through `serve`, every request carries its TCP peer; a router used without one
