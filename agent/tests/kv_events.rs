@@ -127,6 +127,24 @@ async fn metric(agent: &Agent, line: &str) -> bool {
         .any(|l| l == line)
 }
 
+/// A fake picker, a publisher and an agent following it (with `extra` flags), past the handshake.
+async fn follow(extra: &[&str]) -> (Picker, PubSocket, Agent) {
+    let (picker, url) = Picker::start().await;
+    let (mut pub_socket, endpoint) = publisher().await;
+    let mut args = vec![
+        "--picker",
+        &url,
+        "--interval",
+        "50ms",
+        "--kv-events",
+        &endpoint,
+    ];
+    args.extend_from_slice(extra);
+    let agent = Agent::start("http://127.0.0.1:9/metrics", &args).await;
+    handshake(&mut pub_socket, &agent).await;
+    (picker, pub_socket, agent)
+}
+
 /// Publishes seq 0 (an empty batch) until the agent has it: a PUB socket drops what it sends
 /// before the subscription reaches it.
 async fn handshake(pub_socket: &mut PubSocket, agent: &Agent) {
@@ -156,21 +174,7 @@ async fn wait_for(picker: &Picker, what: &str, check: impl Fn(&KvEvents) -> bool
 
 #[tokio::test]
 async fn blocks_reach_the_picker_as_keys_and_an_unfillable_gap_resets_it() {
-    let (picker, url) = Picker::start().await;
-    let (mut pub_socket, endpoint) = publisher().await;
-    let agent = Agent::start(
-        "http://127.0.0.1:9/metrics",
-        &[
-            "--picker",
-            &url,
-            "--interval",
-            "50ms",
-            "--kv-events",
-            &endpoint,
-        ],
-    )
-    .await;
-    handshake(&mut pub_socket, &agent).await;
+    let (picker, mut pub_socket, agent) = follow(&[]).await;
     pub_socket
         .send(frame(1, stored(&[10, 11], None, 0)))
         .await
@@ -231,8 +235,6 @@ async fn blocks_reach_the_picker_as_keys_and_an_unfillable_gap_resets_it() {
 
 #[tokio::test]
 async fn a_gap_is_filled_from_the_replay_socket() {
-    let (picker, url) = Picker::start().await;
-    let (mut pub_socket, endpoint) = publisher().await;
     let mut router = RouterSocket::new();
     let replay = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
     // vLLM's ROUTER: [identity, "", start] in; [identity, "", seq, payload]… then seq -1 out.
@@ -257,21 +259,7 @@ async fn a_gap_is_filled_from_the_replay_socket() {
             router.send(end).await.unwrap();
         }
     });
-    let agent = Agent::start(
-        "http://127.0.0.1:9/metrics",
-        &[
-            "--picker",
-            &url,
-            "--interval",
-            "50ms",
-            "--kv-events",
-            &endpoint,
-            "--kv-events-replay",
-            &replay,
-        ],
-    )
-    .await;
-    handshake(&mut pub_socket, &agent).await;
+    let (picker, mut pub_socket, agent) = follow(&["--kv-events-replay", &replay]).await;
     // Seqs 1..=3 are only in the replay buffer.
     pub_socket
         .send(frame(4, stored(&[104], None, 40)))
@@ -308,23 +296,7 @@ async fn a_gap_is_filled_from_the_replay_socket() {
 
 #[tokio::test]
 async fn a_hostile_publisher_changes_nothing_and_is_counted() {
-    let (picker, url) = Picker::start().await;
-    let (mut pub_socket, endpoint) = publisher().await;
-    let agent = Agent::start(
-        "http://127.0.0.1:9/metrics",
-        &[
-            "--picker",
-            &url,
-            "--interval",
-            "50ms",
-            "--kv-events",
-            &endpoint,
-            "--kv-events-max-blocks",
-            "100",
-        ],
-    )
-    .await;
-    handshake(&mut pub_socket, &agent).await;
+    let (picker, mut pub_socket, agent) = follow(&["--kv-events-max-blocks", "100"]).await;
     // Garbage, a 100 M-element array declared in 5 bytes, a wrong frame count.
     pub_socket
         .send(frame(1, vec![0xc1, 0xff, 0x00]))
