@@ -68,6 +68,10 @@ pub struct DemoArgs {
     /// Seed of arrivals and lengths (the same for both policies).
     #[arg(long, env = "INFERPICK_SEED", default_value_t = 1)]
     pub seed: u64,
+    /// Whether the emulated engines publish their KV events (relayed by the agents; the picker
+    /// then routes on exact cached tokens); `off` leaves the picker its approximate prefix index.
+    #[arg(long, env = "INFERPICK_KV_EVENTS", value_enum, default_value = "on")]
+    pub kv_events: Switch,
 }
 
 /// `load`: flags.
@@ -123,6 +127,14 @@ pub struct EmulateArgs {
     /// `inferpick-lab tokenizer` writes it].
     #[arg(long, env = "INFERPICK_TOKENIZER")]
     pub tokenizer: Option<PathBuf>,
+    /// Publish the prefix cache's KV events as vLLM does (`--kv-events-config` with the zmq
+    /// publisher) on a ZeroMQ PUB socket bound here, e.g. `tcp://127.0.0.1:5557`; an agent follows
+    /// them with its own `--kv-events`.
+    #[arg(long, env = "INFERPICK_KV_EVENTS")]
+    pub kv_events: Option<String>,
+    /// With `--kv-events`: the ROUTER socket that replays missed batches, e.g. `tcp://127.0.0.1:5558`.
+    #[arg(long, env = "INFERPICK_KV_EVENTS_REPLAY", requires = "kv_events")]
+    pub kv_events_replay: Option<String>,
 }
 
 /// `on` or `off`.
@@ -294,7 +306,25 @@ async fn emulate_command(args: EmulateArgs) -> anyhow::Result<()> {
             .collect(),
         engine,
     });
+    let kv = match &args.kv_events {
+        Some(events) => Some(
+            emulator
+                .publish_kv_events(events, args.kv_events_replay.as_deref())
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?,
+        ),
+        None => None,
+    };
     let running = emulate::spawn(emulator, listener)?;
+    if let Some(kv) = kv {
+        eprintln!(
+            "publishing KV events on {}{}",
+            kv.events,
+            kv.replay
+                .map(|r| format!(" (replay {r})"))
+                .unwrap_or_default()
+        );
+    }
     let stop = shutdown_signal();
     eprintln!(
         "emulating {} at http://{} (model {}; /v1/completions, /v1/chat/completions, /v1/models, /metrics)",
@@ -421,6 +451,7 @@ async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
         workload,
         seed: args.seed,
         gateway: args.gateway,
+        kv_events: args.kv_events == Switch::On,
     };
     let outcome = demo::run(&config, |line| eprintln!("{line}")).await?;
     let heading = format!(

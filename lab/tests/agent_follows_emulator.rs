@@ -92,6 +92,7 @@ async fn agents_report_the_emulators_true_queue_and_kv_within_one_interval() {
         &[],
         frozen_engine(),
         INTERVAL,
+        false,
     )
     .await
     .expect("fleet starts");

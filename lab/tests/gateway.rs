@@ -36,6 +36,7 @@ async fn round_robin_takes_each_endpoint_in_turn() {
         &[],
         fast_engine(),
         Duration::from_millis(100),
+        false,
     )
     .await
     .unwrap();
@@ -76,6 +77,7 @@ async fn the_picker_gateway_routes_streams_and_passes_picker_errors_through() {
         &["sql-lora".to_string()],
         fast_engine(),
         Duration::from_millis(100),
+        false,
     )
     .await
     .unwrap();

@@ -33,6 +33,8 @@ pub struct PodSpec {
     pub gpu: Option<Gpu>,
     /// More flags for its agent (`--kv-events=…`).
     pub agent_args: Vec<String>,
+    /// The emulator publishes its KV events (with a replay socket) and the agent follows them.
+    pub kv_events: bool,
 }
 
 /// What to start.
@@ -202,6 +204,15 @@ impl Fleet {
                 adapters: Vec::new(),
                 engine: spec.engine.clone(),
             });
+            let mut agent_args = pod.agent_args.clone();
+            if pod.kv_events {
+                let kv = emulator
+                    .publish_kv_events("tcp://127.0.0.1:0", Some("tcp://127.0.0.1:0"))
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                agent_args.push(format!("--kv-events={}", kv.events));
+                agent_args.extend(kv.replay.map(|r| format!("--kv-events-replay={r}")));
+            }
             let running = emulate::spawn(emulator, TcpListener::bind("127.0.0.1:0").await?)?;
             let endpoint = running.addr.to_string();
             let gpu = pod
@@ -215,7 +226,7 @@ impl Fleet {
                     &push_targets,
                     spec.interval,
                     gpu,
-                    &pod.agent_args,
+                    &agent_args,
                 )
                 .await?,
             );

@@ -144,6 +144,7 @@ async fn vllms_own_kv_events_route_prompts_to_the_endpoint_that_holds_them() {
         model: MODEL.into(),
         gpu: None,
         agent_args,
+        kv_events: false,
     };
     let fleet = Fleet::start(FleetSpec {
         pods: vec![
@@ -229,4 +230,95 @@ async fn vllms_own_kv_events_route_prompts_to_the_endpoint_that_holds_them() {
     .unwrap();
     let (_, candidates) = cached(&fleet, &prompt).await;
     assert!(candidates.iter().all(|c| !c.2), "{candidates:?}");
+}
+
+/// The lab's emulator publishes its prefix cache as vLLM does; with the model's tokenizer named in
+/// the picker's config, a text prompt served once is then found, token-exact, where it went.
+#[tokio::test]
+async fn the_emulators_kv_events_make_text_prompts_exact_with_the_models_tokenizer() {
+    let scratch = inferpick_tests::ScratchDir::new("kv-events-emulator").unwrap();
+    let tokenizer = scratch
+        .write(
+            "tokenizer.json",
+            inferpick_lab::tokenizer::tokenizer_json().to_string(),
+        )
+        .unwrap();
+    let pod = || PodSpec {
+        engine: EngineKind::Vllm,
+        model: MODEL.into(),
+        gpu: None,
+        agent_args: Vec::new(),
+        kv_events: true,
+    };
+    let fleet = Fleet::start(FleetSpec {
+        pods: vec![pod(), pod(), pod()],
+        pickers: 1,
+        picker_config: format!(
+            "policy: inferpick\ntokenizers:\n  {MODEL}: {}\n",
+            tokenizer.display()
+        ),
+        interval: Duration::from_millis(100),
+        ..FleetSpec::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("starting the fleet: {e:#}"));
+    // A long system prompt of the tokenizer's words, then a question.
+    let ids: Vec<u32> = (0..400).map(|i| 1 + i * 37 % 31_000).collect();
+    let system = inferpick_lab::tokenizer::text_of(&ids);
+    let first = PickRequest {
+        model: Some(MODEL.into()),
+        prompt: Some(format!("{system} first question")),
+        ..PickRequest::default()
+    };
+    let served = match fleet.route(0, &first, 4).await.unwrap() {
+        inferpick_tests::fleet::PickOutcome::Routed(d) => d.endpoint,
+        other => panic!("{other:?}"),
+    };
+    wait_until_async(
+        Duration::from_secs(10),
+        "the served endpoint's blocks to reach the picker",
+        || async {
+            let table = fleet.endpoints(fleet.pickers[0].addr).await.unwrap();
+            let e = table["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["address"] == served.as_str())
+                .cloned()
+                .unwrap();
+            let blocks = e["kv_events"]["blocks"].as_u64().unwrap_or(0);
+            if e["prefix_index"] == "exact" && blocks >= 25 {
+                Ok(())
+            } else {
+                Err(format!("{} {}", e["prefix_index"], e["kv_events"]))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let response: Value = reqwest::Client::new()
+        .post(format!(
+            "http://{}/v1/pick?explain=true",
+            fleet.pickers[0].addr
+        ))
+        .json(&PickRequest {
+            prompt: Some(format!("{system} second question")),
+            ..first.clone()
+        })
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(response["endpoint"], served.as_str(), "{response}");
+    let holder = response["explain"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["endpoint"] == served.as_str())
+        .unwrap();
+    assert_eq!(holder["cached_exact"], true, "{holder}");
+    // 400 words are 400 tokens: the 25 full 16-token blocks.
+    assert_eq!(holder["cached_tokens"], 400, "{holder}");
 }

@@ -76,6 +76,7 @@ async fn agent_and_picker_metrics_pass_promtool_check_metrics() {
         model: "meta-llama/Llama-3.1-8B-Instruct".into(),
         gpu: Some(gpu.clone()),
         agent_args: Vec::new(),
+        kv_events: false,
     };
     let fleet = Fleet::start(FleetSpec {
         pods: vec![pod(EngineKind::Vllm), pod(EngineKind::Sglang)],

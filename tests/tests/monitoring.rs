@@ -464,6 +464,8 @@ async fn every_dashboard_and_alert_query_returns_data_from_a_live_fleet() {
         model: model.to_owned(),
         gpu: Some(testing::gpu(gpu)),
         agent_args: Vec::new(),
+        // The emulators publish KV events and the agents relay them: the prefix-cache panels.
+        kv_events: true,
     };
     let fleet = Fleet::start(FleetSpec {
         pods: vec![
@@ -514,34 +516,6 @@ async fn every_dashboard_and_alert_query_returns_data_from_a_live_fleet() {
     let fleet = Arc::new(fleet);
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
-    // KV events for every endpoint, as its agent relays them from an engine that publishes them
-    // (the emulator does not): a reset, then a message with one more stored block every 200 ms.
-    let kv_pushes = {
-        let (pickers, stop) = (fleet.picker_targets(), stop.clone());
-        let endpoints: Vec<String> = fleet.engines.iter().map(|e| e.addr.to_string()).collect();
-        tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            let mut seq = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                for endpoint in &endpoints {
-                    for picker in &pickers {
-                        let body = serde_json::json!({
-                            "schema_version": 1, "endpoint": endpoint, "stream": "monitoring",
-                            "seq": seq, "state": "live", "block_size": 16, "reset": seq == 0,
-                            "groups": [{"stored": [seq + 1], "removed": []}],
-                        });
-                        let _ = http
-                            .post(format!("http://{picker}/v1/kv-events"))
-                            .json(&body)
-                            .send()
-                            .await;
-                    }
-                }
-                seq += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
     for worker in 0..16u64 {
         let (fleet, stop) = (fleet.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
@@ -593,7 +567,6 @@ async fn every_dashboard_and_alert_query_returns_data_from_a_live_fleet() {
         Ok(())
     };
     stop.store(true, Ordering::Relaxed);
-    kv_pushes.await.unwrap();
     let mut outcomes = std::collections::BTreeMap::<String, u64>::new();
     for worker in workers {
         for (outcome, n) in worker.await.unwrap() {

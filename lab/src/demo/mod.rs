@@ -56,6 +56,9 @@ pub struct DemoConfig {
     pub seed: u64,
     /// Which gateway fronts the fleet in both runs.
     pub gateway: GatewayKind,
+    /// The emulators publish their KV events, the agents relay them, and the picker tokenizes
+    /// prompts with the emulators' tokenizer: token-exact prefix routing.
+    pub kv_events: bool,
 }
 
 /// A gateway in front of the demo's fleet; stops when dropped.
@@ -145,6 +148,7 @@ impl Fleet {
         adapters: &[String],
         engine: EngineConfig,
         agent_interval: Duration,
+        kv_events: bool,
     ) -> anyhow::Result<Fleet> {
         let (stop, rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -156,6 +160,11 @@ impl Fleet {
             listen: picker,
             // Nothing balances across this picker: when the demo stops, stop at once.
             shutdown_delay: Duration::ZERO,
+            tokenizers: if kv_events {
+                lab_tokenizers()?
+            } else {
+                inferpick_picker::tokenize::Tokenizers::default()
+            },
             ..inferpick_picker::Settings::default()
         };
         let shutdown = stopped(&rx);
@@ -181,12 +190,21 @@ impl Fleet {
                 adapters: adapters.to_vec(),
                 engine: engine.clone(),
             });
+            let mut kv_args = Vec::new();
+            if kv_events {
+                let kv = emulator
+                    .publish_kv_events("tcp://127.0.0.1:0", Some("tcp://127.0.0.1:0"))
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                kv_args.push(format!("--kv-events={}", kv.events));
+                kv_args.extend(kv.replay.map(|r| format!("--kv-events-replay={r}")));
+            }
             let running = emulate::spawn(emulator, local().await?)?;
             let addr = running.addr;
             fleet.emulators.push(running);
             let agent_listener = local().await?;
             let agent_addr = agent_listener.local_addr()?;
-            let args = inferpick_agent::Args::try_parse_from([
+            let flags = [
                 "inferpick-agent".to_string(),
                 format!("--engine-url=http://{addr}/metrics"),
                 format!("--engine={kind}"),
@@ -197,8 +215,9 @@ impl Fleet {
                 format!("--pod=emulator-{i}"),
                 "--namespace=lab".into(),
                 "--gpu=none".into(),
-            ])
-            .context("building the agent's flags")?;
+            ];
+            let args = inferpick_agent::Args::try_parse_from(flags.into_iter().chain(kv_args))
+                .context("building the agent's flags")?;
             let config = inferpick_agent::Config::from_args(&args).map_err(|errors| {
                 let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
                 anyhow::anyhow!("agent configuration: {}", all.join("; "))
@@ -344,6 +363,7 @@ pub async fn run(
             &adapters,
             engine.clone(),
             Duration::from_millis(100),
+            config.kv_events,
         )
         .await?;
         let gw = DemoGateway::start(config.gateway, &fleet, name != "round-robin").await?;
@@ -383,4 +403,18 @@ pub async fn run(
         rate,
         kept: (fleet, vec![("round-robin", rr), ("inferpick", smart)]),
     })
+}
+
+/// The picker's tokenizer for the demo's model: the emulators' own `tokenizer.json`, written where
+/// the picker reads it (as an operator names a model's file in `tokenizers:`).
+fn lab_tokenizers() -> anyhow::Result<inferpick_picker::tokenize::Tokenizers> {
+    let dir = std::env::temp_dir().join(format!("inferpick-lab-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, crate::tokenizer::tokenizer_json().to_string())?;
+    let tokenizer =
+        inferpick_picker::tokenize::ModelTokenizer::load(&path).map_err(|e| anyhow::anyhow!(e))?;
+    let mut tokenizers = inferpick_picker::tokenize::Tokenizers::default();
+    tokenizers.insert(DEMO_MODEL.into(), tokenizer);
+    Ok(tokenizers)
 }

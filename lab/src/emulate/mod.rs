@@ -11,6 +11,9 @@
 pub mod exposition;
 pub mod kv_events;
 mod openai;
+mod publish;
+
+pub use publish::KvEndpoints;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -90,6 +93,14 @@ struct Core {
     streams: HashMap<u64, Stream>,
     next_id: u64,
     observed: Observed,
+    /// Where the prefix cache's KV events go, once [`Emulator::publish_kv_events`] was called.
+    kv: Option<KvOut>,
+}
+
+/// The KV-event publisher's side of the core: the sockets' channel and the blocks' token ids.
+struct KvOut {
+    batches: mpsc::UnboundedSender<Vec<u8>>,
+    book: publish::BlockBook,
 }
 
 /// One emulated model server; cheap to clone (shared state).
@@ -143,6 +154,7 @@ impl Emulator {
                 streams: HashMap::new(),
                 next_id: 0,
                 observed,
+                kv: None,
             })),
             wake: Arc::new(Notify::new()),
             origin: Instant::now(),
@@ -192,6 +204,9 @@ impl Emulator {
             let mut core = self.lock();
             let id = core.next_id;
             core.next_id += 1;
+            if let Some(kv) = &mut core.kv {
+                kv.book.record(&blocks, &ids, bt);
+            }
             core.engine.submit(SeqSpec {
                 id,
                 prompt_tokens: tokens,
@@ -278,10 +293,41 @@ impl Emulator {
         }
     }
 
+    /// Publishes the prefix cache's stored and evicted blocks from now on, as vLLM does with
+    /// `--kv-events-config` (see [`publish`]): batches on a PUB socket bound at `events`, and a
+    /// ROUTER replay socket at `replay`. Returns where they are bound (`tcp://127.0.0.1:0` picks a
+    /// port).
+    pub async fn publish_kv_events(
+        &self,
+        events: &str,
+        replay: Option<&str>,
+    ) -> Result<KvEndpoints, String> {
+        let (batches, bound) = publish::start(events, replay).await?;
+        let mut core = self.lock();
+        // Four blocks remembered per block of cache: enough for prompts waiting to be admitted.
+        let book = publish::BlockBook::new(4 * self.config.engine.kv_blocks() as usize);
+        core.engine.keep_kv_journal(1 << 16);
+        core.kv = Some(KvOut { batches, book });
+        Ok(bound)
+    }
+
     fn finish_step(&self, events: &mut Vec<EngineEvent>) {
         let mut guard = self.lock();
         let core = &mut *guard;
         core.engine.finish_step(events);
+        if let Some(kv) = &mut core.kv
+            && core.engine.kv_changed()
+        {
+            let changes = core.engine.drain_kv_changes();
+            let wire = kv.book.events(
+                changes,
+                &self.config.adapters,
+                self.config.engine.block_tokens,
+            );
+            if !wire.is_empty() {
+                let _ = kv.batches.send(publish::batch(unix_now(), &wire));
+            }
+        }
         let mut gone = Vec::new();
         for ev in events.drain(..) {
             match ev {

@@ -118,6 +118,7 @@ pub async fn setup() -> Setup {
         model: MODEL.into(),
         gpu: None,
         agent_args: Vec::new(),
+        kv_events: false,
     };
     let fleet = Fleet::start(FleetSpec {
         pods: vec![
