@@ -318,7 +318,7 @@ pub struct DemoOutcome {
     pub kept: (Fleet, Vec<(&'static str, DemoGateway)>),
 }
 
-fn as_row(policy: &str, r: &LoadResult) -> PolicyResult {
+fn as_row(policy: &str, r: &LoadResult, prefix_hit_ratio: Option<f64>) -> PolicyResult {
     PolicyResult {
         policy: policy.to_string(),
         requests: r.requests,
@@ -328,7 +328,7 @@ fn as_row(policy: &str, r: &LoadResult) -> PolicyResult {
         ttft_ms: Ttft { ..r.ttft_ms },
         e2e_ms: E2e { ..r.e2e_ms },
         goodput: r.goodput,
-        prefix_hit_ratio: None,
+        prefix_hit_ratio,
     }
 }
 
@@ -384,7 +384,7 @@ pub async fn run(
             timeout: Duration::from_secs(120),
         })
         .await;
-        rows.push(as_row(name, &result));
+        rows.push(as_row(name, &result, fleet.prefix_hit_ratio()));
         runs.push(result);
         if let Some((previous, gw)) = last.replace((fleet, gw)) {
             drop(gw);
@@ -403,6 +403,18 @@ pub async fn run(
         rate,
         kept: (fleet, vec![("round-robin", rr), ("inferpick", smart)]),
     })
+}
+
+impl Fleet {
+    /// The share of prompt tokens the engines' prefix caches served, over every emulator since
+    /// the fleet started (`None` before any prompt).
+    pub fn prefix_hit_ratio(&self) -> Option<f64> {
+        let (hits, queries) = self.emulators.iter().fold((0, 0), |(h, q), e| {
+            let c = e.emulator.state().counters;
+            (h + c.prefix_hits, q + c.prefix_queries)
+        });
+        (queries > 0).then(|| hits as f64 / queries as f64)
+    }
 }
 
 /// The picker's tokenizer for the demo's model: the emulators' own `tokenizer.json`, written where
