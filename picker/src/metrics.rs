@@ -436,6 +436,27 @@ impl Collector for TableCollector {
         }
 
         let mut fam = encoder.encode_descriptor(
+            "inferpick_picker_routed_prompt_tokens",
+            "Prompt tokens routed to each endpoint whose prefix was looked up (with inferpick_picker_predicted_cached_tokens, the hit ratio the picker predicts, beside the one the engine reports).",
+            None,
+            MetricType::Counter,
+        )?;
+        for e in snap.iter() {
+            ConstCounter::new(e.routed_prefix_tokens().0)
+                .encode(fam.encode_family(&[("endpoint", &*e.address)])?)?;
+        }
+        let mut fam = encoder.encode_descriptor(
+            "inferpick_picker_predicted_cached_tokens",
+            "Of those, the prompt tokens the picks counted on the endpoint's prefix cache holding.",
+            None,
+            MetricType::Counter,
+        )?;
+        for e in snap.iter() {
+            ConstCounter::new(e.routed_prefix_tokens().1)
+                .encode(fam.encode_family(&[("endpoint", &*e.address)])?)?;
+        }
+
+        let mut fam = encoder.encode_descriptor(
             "inferpick_picker_kv_stream_live",
             "Per endpoint with a KV-event stream: 1 while picks use its exact KV blocks, 0 while its stream is stale or silent and it falls back to the approximate prefix index.",
             None,

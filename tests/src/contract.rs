@@ -100,6 +100,16 @@ pub const METRICS: &[Metric] = &[
         Counter,
         Picker,
     ),
+    m(
+        "inferpick_picker_routed_prompt_tokens_total",
+        Counter,
+        Picker,
+    ),
+    m(
+        "inferpick_picker_predicted_cached_tokens_total",
+        Counter,
+        Picker,
+    ),
 ];
 
 /// Series names Prometheus itself records for every scrape target.

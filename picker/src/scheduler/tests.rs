@@ -1139,6 +1139,9 @@ fn exact_kv_blocks_route_to_the_holder_and_a_stale_stream_falls_back() {
         assert_eq!(holder["cached_tokens"], 1600, "{holder}");
         assert_eq!(holder["cached_exact"], true, "{holder}");
     }
+    // What the picker predicted for it, to set beside the engine's own hit ratio.
+    let holder = t.snapshot().get("10.0.0.3:8000").unwrap().clone();
+    assert_eq!(holder.routed_prefix_tokens(), (5 * 2048, 5 * 1600));
     // The stream goes stale: the endpoint is scored on the approximate index (which remembers
     // the picks above, so it still leads, but not exactly).
     t.ingest_kv(

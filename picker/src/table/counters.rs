@@ -46,6 +46,10 @@ pub(crate) struct CounterCell {
     /// report shows a routed request as one more running request, not the prefill it still carries.
     pub(crate) prefill_busy_until_ns: AtomicU64,
     pub(crate) routed_total: AtomicU64,
+    /// Prompt tokens routed here, and of those the cached tokens the picks counted on: over time,
+    /// the hit ratio the picker predicts, to set beside the one the engine reports.
+    pub(crate) routed_prompt_tokens: AtomicU64,
+    pub(crate) predicted_cached_tokens: AtomicU64,
     /// Until when (nanoseconds on the picker's clock) the endpoint is routed on its exact KV blocks:
     /// its KV-event stream was last heard live, plus `kv_max_age`; 0 when it has no live stream.
     pub(crate) exact_until_ns: AtomicU64,
@@ -154,6 +158,8 @@ impl IdAllocator {
         let c = counters.cell();
         c.close_epoch();
         c.routed_total.store(0, Ordering::Relaxed);
+        c.routed_prompt_tokens.store(0, Ordering::Relaxed);
+        c.predicted_cached_tokens.store(0, Ordering::Relaxed);
         c.prefill_busy_until_ns.store(0, Ordering::Release);
         c.exact_until_ns.store(0, Ordering::Release);
         counters

@@ -254,6 +254,16 @@ impl Endpoint {
         self.counters.cell().inflight()
     }
 
+    /// Prompt tokens of the requests routed here whose prefix was looked up, and the cached tokens
+    /// the picks counted on among them, since the endpoint entered the table.
+    pub fn routed_prefix_tokens(&self) -> (u64, u64) {
+        let c = self.counters.cell();
+        (
+            c.routed_prompt_tokens.load(Ordering::Relaxed),
+            c.predicted_cached_tokens.load(Ordering::Relaxed),
+        )
+    }
+
     /// Decisions routed here since the endpoint entered the table.
     pub fn routed_total(&self) -> u64 {
         self.counters.cell().routed_total.load(Ordering::Relaxed)

@@ -80,6 +80,12 @@ impl Ledger {
         c.inflight_tokens
             .fetch_add(routed.prompt_tokens, Ordering::AcqRel);
         c.routed_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = routed.predicted {
+            c.routed_prompt_tokens
+                .fetch_add(routed.prompt_tokens, Ordering::Relaxed);
+            c.predicted_cached_tokens
+                .fetch_add(u64::from(p.cached_tokens), Ordering::Relaxed);
+        }
         self.open.insert(
             decision,
             Open {
