@@ -168,6 +168,11 @@ settings! {
     exact_blocks_per_endpoint: usize = TableConfig::default().exact_blocks_per_endpoint, {
         "limits.exact_blocks_per_endpoint" => Int::range(1, 100_000_000);
     }
+    /// Most KV blocks the token-exact index keeps over every endpoint (about 100 bytes each: the
+    /// default is about 400 MiB); blocks stored past it are not recorded.
+    exact_blocks_total: usize = TableConfig::default().exact_blocks_total, {
+        "limits.exact_blocks_total" => Int::range(1, 1_000_000_000);
+    }
     /// Most prompt blocks (64 bytes of prompt each) the prefix index remembers per endpoint and
     /// model, least recently seen dropped first. A reload applies a new bound at each endpoint's
     /// next insert.
@@ -218,6 +223,7 @@ impl Settings {
             max_open_decisions: self.max_open_decisions,
             prefix_blocks_per_endpoint: self.prefix_blocks_per_endpoint,
             exact_blocks_per_endpoint: self.exact_blocks_per_endpoint,
+            exact_blocks_total: self.exact_blocks_total,
             kv_max_age: self.kv_max_age,
             ..TableConfig::default()
         }

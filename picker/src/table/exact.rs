@@ -4,8 +4,9 @@
 //! One index per model: block key ([`inferpick_schema::kv::block_key`]) → the endpoints holding
 //! it, each list sorted by endpoint id so a lookup walks the prompt's keys and merges. Each
 //! endpoint's stream keeps its own set of keys (to apply `BlockRemoved`, a reset or the endpoint's
-//! departure), bounded by `max_blocks`: past it, newly stored blocks are not recorded (and counted),
-//! so a hostile or broken agent cannot grow the picker's memory.
+//! departure), bounded by `max_blocks`, and all of them together by `max_total`: past either, newly
+//! stored blocks are not recorded (and counted), so neither a hostile or broken agent nor a large
+//! fleet can grow the picker's memory without bound.
 //!
 //! An endpoint is routed on this index only while its stream is live (its agent said so within
 //! the last `max_age`); otherwise it falls back to the approximate index, and the counter cell's
@@ -104,6 +105,9 @@ pub(crate) struct Exact {
     by_model: HashMap<ModelKey, ModelBlocks, KeyHashing>,
     streams: HashMap<EndpointId, Stream, KeyHashing>,
     max_blocks: usize,
+    /// Blocks held over every stream, and the most there may be.
+    total: usize,
+    max_total: usize,
 }
 
 /// The leading tokens each endpoint of one model holds, for one prompt.
@@ -133,7 +137,14 @@ impl Exact {
             by_model: HashMap::default(),
             streams: HashMap::default(),
             max_blocks: max_blocks.max(1),
+            total: 0,
+            max_total: usize::MAX,
         }
+    }
+
+    /// Bounds the blocks held over every endpoint.
+    pub(crate) fn set_max_total(&mut self, max_total: usize) {
+        self.max_total = max_total.max(1);
     }
 
     pub(crate) fn set_max_blocks(&mut self, max_blocks: usize) {
@@ -195,6 +206,7 @@ impl Exact {
         if msg.cleared {
             let keys = std::mem::take(&mut stream.keys);
             out.removed += keys.len();
+            self.total -= keys.len();
             for (key, model) in keys {
                 if let Some(m) = self.by_model.get_mut(&model) {
                     m.remove(key, id);
@@ -226,16 +238,19 @@ impl Exact {
                 if stream.keys.remove(&key).is_some() {
                     blocks.remove(key, id);
                     out.removed += 1;
+                    self.total -= 1;
                 }
             }
             for &key in &group.stored {
-                if stream.keys.len() >= self.max_blocks && !stream.keys.contains_key(&key) {
+                let full = stream.keys.len() >= self.max_blocks || self.total >= self.max_total;
+                if full && !stream.keys.contains_key(&key) {
                     out.over_bound += 1;
                     continue;
                 }
                 if stream.keys.insert(key, model).is_none() {
                     blocks.add(key, id);
                     out.stored += 1;
+                    self.total += 1;
                 }
             }
         }
@@ -257,6 +272,7 @@ impl Exact {
         let Some(stream) = self.streams.remove(&id) else {
             return;
         };
+        self.total -= stream.keys.len();
         for (key, model) in &stream.keys {
             if let Some(m) = self.by_model.get_mut(model) {
                 m.remove(*key, id);
@@ -324,7 +340,7 @@ impl Exact {
 
     /// Blocks held in all, over every endpoint.
     pub(crate) fn blocks(&self) -> usize {
-        self.streams.values().map(|s| s.keys.len()).sum()
+        self.total
     }
 }
 
@@ -451,6 +467,19 @@ mod tests {
         x.forget(a);
         assert_eq!(x.blocks(), 0);
         assert!(x.by_model.is_empty(), "an emptied model index is dropped");
+    }
+
+    #[test]
+    fn the_bound_over_every_endpoint_holds() {
+        let mut x = Exact::new(100);
+        x.set_max_total(5);
+        let k = keys(&(0..40).collect::<Vec<_>>());
+        x.apply(EndpointId(1), Some(M()), &msg(0, true, &k[..4], &[]));
+        let out = x.apply(EndpointId(2), Some(M()), &msg(0, true, &k[4..], &[]));
+        assert_eq!((out.stored, out.over_bound), (1, 5));
+        assert_eq!(x.blocks(), 5);
+        x.forget(EndpointId(1));
+        assert_eq!(x.blocks(), 1);
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub struct TableConfig {
     /// Most KV blocks the exact index keeps per endpoint (from its engine's KV events); blocks
     /// stored past it are not recorded.
     pub exact_blocks_per_endpoint: usize,
+    /// Most KV blocks the exact index keeps over every endpoint.
+    pub exact_blocks_total: usize,
     /// An endpoint whose KV-event stream was last heard live longer ago than this is routed on the
     /// approximate index.
     pub kv_max_age: Duration,
@@ -90,6 +92,7 @@ impl Default for TableConfig {
             prefix_blocks_per_endpoint: 8192,
             max_endpoints: DEFAULT_MAX_ENDPOINTS,
             exact_blocks_per_endpoint: 262_144,
+            exact_blocks_total: 4_194_304,
             kv_max_age: Duration::from_secs(5),
         }
     }
@@ -130,7 +133,11 @@ impl Table {
                 max_report_age: config.max_report_age,
             }),
             affinity: Mutex::new(Affinity::new(config.prefix_blocks_per_endpoint)),
-            exact: Mutex::new(Exact::new(config.exact_blocks_per_endpoint)),
+            exact: Mutex::new({
+                let mut exact = Exact::new(config.exact_blocks_per_endpoint);
+                exact.set_max_total(config.exact_blocks_total);
+                exact
+            }),
             config: ArcSwap::from_pointee(config),
             writers: (0..SHARDS).map(|_| Mutex::new(())).collect(),
             publish: Mutex::new(()),
@@ -150,7 +157,10 @@ impl Table {
     pub fn set_config(&self, config: TableConfig) {
         let _publishing = lock(&self.publish);
         lock(&self.affinity).set_capacity(config.prefix_blocks_per_endpoint);
-        lock(&self.exact).set_max_blocks(config.exact_blocks_per_endpoint);
+        let mut exact = lock(&self.exact);
+        exact.set_max_blocks(config.exact_blocks_per_endpoint);
+        exact.set_max_total(config.exact_blocks_total);
+        drop(exact);
         let max_report_age = config.max_report_age;
         self.config.store(Arc::new(config));
         let current = self.published.load();
