@@ -88,6 +88,13 @@ pub(crate) fn resolve<'r>(
         }
         (None, None) => Cow::Borrowed(&[]),
     };
+    // A prompt the tokenizer read whole (under the lookup bound) has an exact length: better than
+    // a characters-per-token estimate, which would misprice its uncached part against the exact
+    // cached tokens.
+    let prompt_tokens = match (r.prompt_tokens, ids) {
+        (None, None) if !tokens.is_empty() && tokens.len() < max_tokens => tokens.len() as u64,
+        _ => prompt_tokens,
+    };
     // The approximate index keys text by 64-byte blocks and token ids by the engines' usual
     // 16-token blocks; either stands for about 16 tokens.
     let (blocks, tokens_per_block) = match (&r.prompt, ids) {

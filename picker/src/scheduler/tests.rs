@@ -1263,6 +1263,8 @@ fn a_text_prompt_is_tokenized_with_the_models_tokenizer_for_the_exact_index() {
     assert_eq!(&*pick.endpoint, "10.0.0.2:8000");
     let explain = serde_json::to_value(pick.explain.unwrap()).unwrap();
     assert_eq!(explain["prefix_tokens"], 320, "{explain}");
+    // Read whole, the prompt's length is its token count, not a characters-per-token estimate.
+    assert_eq!(explain["prompt_tokens"], 320, "{explain}");
     // A model without a tokenizer looks nothing up exactly.
     let s = sched(Policy::Inferpick);
     let pick = s
