@@ -161,32 +161,35 @@ impl<'a> Reader<'a> {
 
     /// An array header: its element count, checked against the bytes left.
     pub fn array(&mut self) -> Result<usize, DecodeError> {
-        let start = self.pos;
-        let n = match self.byte()? {
-            b @ 0x90..=0x9f => usize::from(b & 0x0f),
-            0xdc => self.be(2)? as usize,
-            0xdd => self.be(4)? as usize,
-            _ => {
-                self.pos = start;
-                return Err(self.wrong("an array"));
-            }
-        };
-        self.check_count(start, n, 1, "array")
+        self.header(0x90, 0xdc, "an array", 1, "array")
     }
 
     /// A map header: its entry count, checked against the bytes left.
     pub fn map(&mut self) -> Result<usize, DecodeError> {
+        self.header(0x80, 0xde, "a map", 2, "map")
+    }
+
+    /// A container header: `fix` is its fix-size marker (count in the low nibble), `wide` its
+    /// 16-bit count marker (the 32-bit one follows it); `per` values make an element.
+    fn header(
+        &mut self,
+        fix: u8,
+        wide: u8,
+        what: &str,
+        per: usize,
+        name: &str,
+    ) -> Result<usize, DecodeError> {
         let start = self.pos;
         let n = match self.byte()? {
-            b @ 0x80..=0x8f => usize::from(b & 0x0f),
-            0xde => self.be(2)? as usize,
-            0xdf => self.be(4)? as usize,
+            b if b & 0xf0 == fix => usize::from(b & 0x0f),
+            b if b == wide => self.be(2)? as usize,
+            b if b == wide + 1 => self.be(4)? as usize,
             _ => {
                 self.pos = start;
-                return Err(self.wrong("a map"));
+                return Err(self.wrong(what));
             }
         };
-        self.check_count(start, n, 2, "map")
+        self.check_count(start, n, per, name)
     }
 
     fn check_count(
