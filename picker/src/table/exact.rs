@@ -71,7 +71,6 @@ impl ModelBlocks {
 /// One endpoint's event stream as this picker follows it.
 #[derive(Debug)]
 struct Stream {
-    id: EndpointId,
     name: String,
     next_seq: u64,
     block_size: u32,
@@ -168,13 +167,12 @@ impl Exact {
                 // Unknown stream (the agent restarted, this picker restarted): drop what we had
                 // and ask for everything.
                 self.forget(id);
-                return refused(0);
+                return KvOutcome::refused(0);
             }
             self.forget(id);
             self.streams.insert(
                 id,
                 Stream {
-                    id,
                     name: msg.stream.clone(),
                     next_seq: msg.seq,
                     block_size: msg.block_size,
@@ -189,7 +187,7 @@ impl Exact {
         if stream.needs_reset || msg.seq != stream.next_seq {
             stream.needs_reset = true;
             stream.live = false;
-            return refused(stream.next_seq);
+            return KvOutcome::refused(stream.next_seq);
         }
         stream.next_seq = msg.seq + 1;
         stream.live = msg.state == KvStreamState::Live;
@@ -286,7 +284,6 @@ impl Exact {
                 }
             }
         }
-        debug_assert_eq!(stream.id, id);
     }
 
     /// For `tokens` of a prompt to `model`: how many leading tokens each endpoint holds.
@@ -358,21 +355,18 @@ pub struct StreamView {
 }
 
 impl KvOutcome {
+    /// Nothing applied: the agent must send a reset; `next_seq` is what this stream expects.
     pub(crate) fn refused(next_seq: u64) -> Self {
-        refused(next_seq)
-    }
-}
-
-fn refused(next_seq: u64) -> KvOutcome {
-    KvOutcome {
-        ack: KvAck {
-            next_seq,
-            resync: true,
-        },
-        stored: 0,
-        removed: 0,
-        over_bound: 0,
-        refused: true,
+        KvOutcome {
+            ack: KvAck {
+                next_seq,
+                resync: true,
+            },
+            stored: 0,
+            removed: 0,
+            over_bound: 0,
+            refused: true,
+        }
     }
 }
 
