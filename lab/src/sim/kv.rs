@@ -10,6 +10,8 @@ use inferpick_schema::{KvAck, KvEvents, KvGroup, KvLimits, KvStreamState, SCHEMA
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::{Event, Router};
+
 use crate::engine::{Engine, KvGroupChanges};
 
 /// The shortest time between two messages from one pod: about one engine step, as vLLM publishes
@@ -295,5 +297,61 @@ impl KvReceiver for KvMirror {
             next_seq: s.next_seq,
             resync: !s.synced,
         })
+    }
+}
+/// The simulator's steps of the stream: build a pod's messages when its cache changed, and
+/// deliver them to the picker's table (or, in an oracle run, to the lab's model of it).
+impl super::Run<'_> {
+    /// Schedules a build of the pod's KV-event messages if its cache changed and none is due.
+    pub(super) fn kv_changed(&mut self, pod: u32, now: Duration) {
+        let p = &mut self.pods[pod as usize];
+        let Some(kv) = &mut p.kv else {
+            return;
+        };
+        if kv.build_scheduled || !p.engine.kv_changed() {
+            return;
+        }
+        kv.build_scheduled = true;
+        let at = kv.next_build(now);
+        self.schedule(at, Event::KvBuild(pod));
+    }
+
+    pub(super) fn kv_build(&mut self, pod: u32, now: Duration) {
+        let delivery = self.config.kv_events.unwrap_or_default();
+        let p = &mut self.pods[pod as usize];
+        let Some(kv) = &mut p.kv else {
+            return;
+        };
+        let built = kv.build(&mut p.engine, &self.adapter_names, now, delivery);
+        for _ in 0..built {
+            self.schedule(now + delivery.delay, Event::KvDeliver(pod));
+        }
+    }
+
+    pub(super) fn kv_deliver(&mut self, pod: u32, now: Duration) {
+        let delivery = self.config.kv_events.unwrap_or_default();
+        let Some(kv) = &mut self.pods[pod as usize].kv else {
+            return;
+        };
+        let Some(msg) = kv.arrive(delivery) else {
+            return;
+        };
+        let receiver: &dyn KvReceiver = match &self.router {
+            Router::Picker { table, .. } => table.as_ref(),
+            Router::Oracle { .. } => &self.kv_receiver,
+        };
+        match receiver.receive(msg, now) {
+            Ok(ack) => kv.acked(&ack),
+            Err(e) => {
+                tracing::warn!(error = %e, "simulated KV events refused");
+                kv.resync();
+            }
+        }
+        // A resync is answered by a reset at the next build, changes or not.
+        if !kv.build_scheduled && kv.reset_due() {
+            kv.build_scheduled = true;
+            let at = kv.next_build(now);
+            self.schedule(at, Event::KvBuild(pod));
+        }
     }
 }

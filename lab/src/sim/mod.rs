@@ -27,7 +27,7 @@ use inferpick_schema::{
 
 use crate::engine::{Counters, Engine, EngineConfig, EngineEvent, SeqSpec};
 use crate::workload::{Generator, Request, Workload, adapter_name, push_prompt_token_ids};
-use kv::{KvDelivery, KvMirror, KvPublisher, KvReceiver};
+use kv::{KvDelivery, KvMirror, KvPublisher};
 use live::Live;
 
 pub use results::{E2e, PolicyResult, Samples, SimReport, Ttft, ms, percentile};
@@ -628,59 +628,6 @@ impl<'a> Run<'a> {
             self.schedule(end, Event::Step(pod));
         }
         self.kv_changed(pod, now);
-    }
-
-    /// Schedules a build of the pod's KV-event messages if its cache changed and none is due.
-    fn kv_changed(&mut self, pod: u32, now: Duration) {
-        let p = &mut self.pods[pod as usize];
-        let Some(kv) = &mut p.kv else {
-            return;
-        };
-        if kv.build_scheduled || !p.engine.kv_changed() {
-            return;
-        }
-        kv.build_scheduled = true;
-        let at = kv.next_build(now);
-        self.schedule(at, Event::KvBuild(pod));
-    }
-
-    fn kv_build(&mut self, pod: u32, now: Duration) {
-        let delivery = self.config.kv_events.unwrap_or_default();
-        let p = &mut self.pods[pod as usize];
-        let Some(kv) = &mut p.kv else {
-            return;
-        };
-        let built = kv.build(&mut p.engine, &self.adapter_names, now, delivery);
-        for _ in 0..built {
-            self.schedule(now + delivery.delay, Event::KvDeliver(pod));
-        }
-    }
-
-    fn kv_deliver(&mut self, pod: u32, now: Duration) {
-        let delivery = self.config.kv_events.unwrap_or_default();
-        let Some(kv) = &mut self.pods[pod as usize].kv else {
-            return;
-        };
-        let Some(msg) = kv.arrive(delivery) else {
-            return;
-        };
-        let receiver: &dyn KvReceiver = match &self.router {
-            Router::Picker { table, .. } => table.as_ref(),
-            Router::Oracle { .. } => &self.kv_receiver,
-        };
-        match receiver.receive(msg, now) {
-            Ok(ack) => kv.acked(&ack),
-            Err(e) => {
-                tracing::warn!(error = %e, "simulated KV events refused");
-                kv.resync();
-            }
-        }
-        // A resync is answered by a reset at the next build, changes or not.
-        if !kv.build_scheduled && kv.reset_due() {
-            kv.build_scheduled = true;
-            let at = kv.next_build(now);
-            self.schedule(at, Event::KvBuild(pod));
-        }
     }
 
     fn produce(&mut self, pod: u32, now: Duration) {

@@ -1,4 +1,5 @@
 use super::*;
+use kv::KvReceiver;
 
 fn config(workload: &str, pods: u32, load: f64, secs: u64) -> SimConfig {
     let workload = Workload::load(workload).unwrap();
