@@ -200,7 +200,7 @@ impl Endpoint {
     ) -> Self {
         let peak = capacity::next(
             previous_peak,
-            report.load.prompt_tokens_per_second,
+            capacity::computed_prompt_rate(&report.load),
             report.load.requests_waiting.unwrap_or(0),
         );
         Self {
