@@ -61,7 +61,8 @@ impl Decide for PickerDecide {
             body: openai::refusal_body(&e),
         };
         front::authorize(&self.state, headers, Scope::Pick).map_err(refusal)?;
-        let request = pick_request(headers, body, subset).map_err(refusal)?;
+        let request = pick_request(headers, body, subset)
+            .map_err(|e| refusal(front::refuse_invalid(&self.state, e)))?;
         let pick = front::decide(&self.state, &request, false).map_err(refusal)?;
         let extra = self.state.settings().extproc_fallbacks as usize;
         let mut destination = pick.endpoint.to_string();
