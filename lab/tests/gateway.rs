@@ -70,7 +70,7 @@ async fn round_robin_takes_each_endpoint_in_turn() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_picker_gateway_routes_streams_and_passes_picker_errors_through() {
+async fn the_picker_gateway_routes_streams_and_passes_picker_errors_on_in_openai_shape() {
     let fleet = Fleet::start(
         2,
         &[EngineKind::Vllm],
@@ -100,8 +100,15 @@ async fn the_picker_gateway_routes_streams_and_passes_picker_errors_through() {
 
     let r = complete(&client, gw.addr, "no-such-model").await;
     assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["content-type"], "application/json");
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"], "unknown_model", "{body}");
+    assert_eq!(body["error"]["code"], "unknown_model", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no-such-model")),
+        "{body}"
+    );
 
     // Both answers came from the picker's decisions.
     let metrics = client

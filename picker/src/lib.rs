@@ -14,8 +14,9 @@
 //!   (who may report for which endpoint), [`tls`], [`clock`], [`metrics`] (the
 //!   `inferpick_picker_*` families), [`state`] (`AppState`: table, scheduler, settings, tokens,
 //!   metrics), [`error`] (`ApiError`: code and status of every refusal).
-//! - transports: [`front`] (authenticate, build a pick request from headers and body, decide,
-//!   close — the same for every transport), then [`http`] (`router(state)`, the JSON API) and
+//! - transports: [`openai`] (an OpenAI request and its gateway headers as a pick request; refusals
+//!   as OpenAI clients read them), [`front`] (authenticate, decide, close — the same for every
+//!   transport), then [`http`] (`router(state)`, the JSON API) and
 //!   [`extproc`] (Envoy ext_proc, the Gateway API Inference Extension's protocol), siblings that
 //!   never call each other, over [`server`] (accept loops, TLS, timeouts, the connection cap).
 //! - [`service`]: on top — both listeners, the background tasks, reload, and the shutdown sequence.
@@ -30,6 +31,7 @@ pub mod front;
 mod hashing;
 pub mod http;
 pub mod metrics;
+pub mod openai;
 pub mod prefix;
 pub mod scheduler;
 pub mod server;

@@ -32,7 +32,8 @@ pub struct PickRequest {
     /// Prompt length estimate when the prompt is not sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tokens: Option<u32>,
-    /// Expected output length.
+    /// Expected output length, in all: a gateway reading an OpenAI body counts every choice
+    /// (`n`) of every prompt of a batch, so the request needs no field of its own for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
     /// Affinity key: requests of one session prefer the same endpoint.

@@ -12,8 +12,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use inferpick_schema::{Decision, DoneRequest, PickRequest};
-use serde_json::Value;
+use inferpick_picker::http::ApiError;
+use inferpick_schema::{Decision, DoneRequest, ErrorBody, PickRequest};
 use tokio::net::TcpListener;
 
 /// How the gateway chooses an endpoint.
@@ -79,34 +79,44 @@ pub async fn serve(
         .await
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let body = serde_json::json!({"error": code, "message": message.into()});
-    (status, axum::Json(body)).into_response()
+/// A refusal in OpenAI's error shape: the gateway's clients are OpenAI clients, whose SDKs show
+/// `error.message`.
+fn error(status: StatusCode, code: &str, message: impl AsRef<str>) -> Response {
+    let body = inferpick_picker::openai::error_body(status.as_u16(), code, message.as_ref());
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// What the picker needs from a request body.
-fn pick_request(body: &[u8], headers: &HeaderMap) -> PickRequest {
-    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let prompt = match (&v["prompt"], &v["messages"]) {
-        (Value::String(p), _) => Some(p.clone()),
-        (_, Value::Array(m)) => Some(
-            m.iter()
-                .filter_map(|m| m["content"].as_str())
-                .collect::<Vec<_>>()
-                .join(""),
+/// What the picker needs from a request: the picker's own reading of an OpenAI body and the
+/// gateway headers, without fallbacks (the gateway tries one endpoint).
+fn pick_request(body: &[u8], headers: &HeaderMap) -> Result<PickRequest, ApiError> {
+    let mut ask = inferpick_picker::openai::pick_request(headers, body)?;
+    ask.fallbacks = Some(0);
+    Ok(ask)
+}
+
+/// A request the gateway refuses before asking the picker (a misshapen body or header).
+fn refused(e: ApiError) -> Response {
+    error(e.status(), e.code(), e.to_string())
+}
+
+/// The picker's refusal (404 unknown model, 429 shed, 503 nothing ready), passed on with its
+/// status, code, message and `Retry-After` in OpenAI's shape.
+async fn picker_refusal(r: reqwest::Response) -> Response {
+    let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let retry = r.headers().get(header::RETRY_AFTER).cloned();
+    let text = r.text().await.unwrap_or_default();
+    let mut resp = match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(e) => error(status, &e.error, e.message),
+        Err(_) => error(
+            status,
+            "picker",
+            format!("the picker answered {status}: {text}"),
         ),
-        _ => None,
     };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    PickRequest {
-        model: v["model"].as_str().map(str::to_string),
-        priority: header("x-inferpick-priority").and_then(|p| p.parse().ok()),
-        session: header("x-session-id").map(str::to_string),
-        prompt,
-        max_tokens: v["max_tokens"].as_u64().map(|n| n as u32),
-        fallbacks: Some(0),
-        ..PickRequest::default()
+    if let Some(retry) = retry {
+        resp.headers_mut().insert(header::RETRY_AFTER, retry);
     }
+    resp
 }
 
 async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
@@ -132,7 +142,10 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
             (eps[i].clone(), None)
         }
         Route::Picker(picker) => {
-            let ask = pick_request(&body, &parts.headers);
+            let ask = match pick_request(&body, &parts.headers) {
+                Ok(ask) => ask,
+                Err(e) => return refused(e),
+            };
             match gw
                 .0
                 .client
@@ -145,18 +158,7 @@ async fn proxy(State(gw): State<Gateway>, req: Request) -> Response {
                     Ok(d) => (d.endpoint.clone(), Some(d.decision_id)),
                     Err(e) => return error(StatusCode::BAD_GATEWAY, "picker", e.to_string()),
                 },
-                Ok(r) => {
-                    // The picker's own error (429 shed, 503 no endpoint, 404 unknown model) goes back as is.
-                    let status = StatusCode::from_u16(r.status().as_u16())
-                        .unwrap_or(StatusCode::BAD_GATEWAY);
-                    let retry = r.headers().get(header::RETRY_AFTER).cloned();
-                    let text = r.bytes().await.unwrap_or_default();
-                    let mut resp = (status, text).into_response();
-                    if let Some(retry) = retry {
-                        resp.headers_mut().insert(header::RETRY_AFTER, retry);
-                    }
-                    return resp;
-                }
+                Ok(r) => return picker_refusal(r).await,
                 Err(e) => {
                     return error(
                         StatusCode::BAD_GATEWAY,
@@ -274,4 +276,80 @@ pub fn spawn(gw: Gateway, listener: TcpListener) -> std::io::Result<RunningGatew
         stop: Some(stop),
         task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+    use serde_json::json;
+
+    use super::*;
+
+    /// The built-in gateway, ext_proc and `/v1/authz` (which reads a request with
+    /// `openai::pick_request` as it is) ask the picker the same thing for the same request; the
+    /// gateway only asks for no fallbacks.
+    #[test]
+    fn the_gateway_ext_proc_and_authz_read_a_request_alike() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-session-id", HeaderValue::from_static("user-7"));
+        headers.insert("x-inferpick-priority", HeaderValue::from_static("-1"));
+        headers.insert(
+            "x-gateway-inference-objective",
+            HeaderValue::from_static("batch"),
+        );
+        headers.insert(
+            "x-gateway-destination-endpoint-subset",
+            HeaderValue::from_static("10.0.0.1:8000,10.0.0.2:8000"),
+        );
+        let bodies = [
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+            json!({"model": "m", "max_completion_tokens": 64, "messages": [
+                {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                {"role": "assistant", "content": null, "tool_calls": []},
+                {"role": "user", "content": [{"type": "text", "text": "Why?"},
+                    {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}),
+            json!({"model": "sql-lora", "prompt": "SELECT", "max_tokens": 8, "n": 2}),
+            json!({"model": "m", "prompt": ["a", "b"], "max_tokens": 8}),
+            json!({"model": "m", "prompt": [1, 2, 3]}),
+            json!({"model": "m", "prompt": [[1, 2], [3]]}),
+        ];
+        for body in bodies {
+            let bytes = body.to_string().into_bytes();
+            let gateway = pick_request(&bytes, &headers).unwrap();
+            let ext_proc = inferpick_picker::extproc::pick_request(&headers, &bytes, None).unwrap();
+            let authz = inferpick_picker::openai::pick_request(&headers, &bytes).unwrap();
+            assert_eq!(ext_proc, authz, "{body}");
+            assert_eq!(
+                gateway,
+                PickRequest {
+                    fallbacks: Some(0),
+                    ..authz
+                },
+                "{body}"
+            );
+            assert!(
+                gateway.prompt.is_some() || gateway.prompt_token_ids.is_some(),
+                "the gateway saw no prompt in {body}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_misshapen_body_is_refused_in_openai_shape_naming_the_field() {
+        let refusal = refused(pick_request(br#"{"prompt": 5}"#, &HeaderMap::new()).unwrap_err());
+        assert_eq!(refusal.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(refusal.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(refusal.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("prompt:"),
+            "{v}"
+        );
+    }
 }

@@ -23,9 +23,24 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::ApiError;
-use crate::front;
 use crate::state::{AppState, Scope};
+use crate::{front, openai};
 use session::{Decide, Decided, Refusal, Session};
+
+/// The pick request for one ext_proc stream: the OpenAI body and gateway headers read as
+/// `/v1/authz` and the built-in gateway read them, with the subset hint from Envoy's metadata
+/// (when it sent one) in place of the header's.
+pub fn pick_request(
+    headers: &HeaderMap,
+    body: &[u8],
+    subset: Option<Vec<String>>,
+) -> Result<inferpick_schema::PickRequest, ApiError> {
+    let mut request = openai::pick_request(headers, body)?;
+    if subset.is_some() {
+        request.candidates = subset;
+    }
+    Ok(request)
+}
 
 /// The picker as a [`Decide`]: the same decisions as `/v1/authz`.
 #[derive(Clone)]
@@ -43,13 +58,11 @@ impl Decide for PickerDecide {
         let refusal = |e: ApiError| Refusal {
             status: e.status().as_u16(),
             retry_after: e.retry_after().map(|d| d.as_secs().max(1)),
-            body: session::error_json(e.code(), &e.to_string()),
+            body: openai::refusal_body(&e),
         };
         front::authorize(&self.state, headers, Scope::Pick).map_err(refusal)?;
-        let mut request = front::authz_request(headers, body).map_err(refusal)?;
-        if subset.is_some() {
-            request.candidates = subset;
-        }
+        let request = pick_request(headers, body, subset)
+            .map_err(|e| refusal(front::refuse_invalid(&self.state, e)))?;
         let pick = front::decide(&self.state, &request, false).map_err(refusal)?;
         let extra = self.state.settings().extproc_fallbacks as usize;
         let mut destination = pick.endpoint.to_string();

@@ -52,7 +52,7 @@ pub struct Refusal {
     pub status: u16,
     /// Seconds, for 429.
     pub retry_after: Option<u64>,
-    /// The picker's JSON error body.
+    /// The error body, in OpenAI's shape (the client is an LLM client).
     pub body: Vec<u8>,
 }
 
@@ -238,7 +238,7 @@ impl<D: Decide> Session<D> {
                 .headers
                 .get(SUBSET)
                 .and_then(|v| v.to_str().ok())
-                .map(split_list);
+                .map(crate::openai::split_list);
         }
         if h.end_of_stream {
             // No body (a GET): decide from the headers alone.
@@ -275,7 +275,8 @@ impl<D: Decide> Session<D> {
             return vec![immediate(&Refusal {
                 status: 413,
                 retry_after: None,
-                body: error_json(
+                body: crate::openai::error_body(
+                    413,
                     "payload_too_large",
                     &format!(
                         "the request body is larger than {MAX_BODY} bytes, the most the picker reads"
@@ -467,23 +468,6 @@ fn immediate(r: &Refusal) -> ProcessingResponse {
     }))
 }
 
-/// The picker's JSON error shape.
-pub fn error_json(code: &str, message: &str) -> Vec<u8> {
-    serde_json::to_vec(&inferpick_schema::ErrorBody {
-        error: code.to_string(),
-        message: message.to_string(),
-    })
-    .expect("an error body serializes")
-}
-
-fn split_list(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 /// Envoy's headers as an `http::HeaderMap`; pseudo-headers and invalid ones are skipped.
 fn to_header_map(h: &HttpHeaders) -> HeaderMap {
     let mut map = HeaderMap::new();
@@ -524,7 +508,7 @@ fn subset_from_metadata(msg: &ProcessingRequest) -> Option<Vec<String>> {
                 })
                 .collect(),
         ),
-        Kind::StringValue(s) => Some(split_list(s)),
+        Kind::StringValue(s) => Some(crate::openai::split_list(s)),
         _ => None,
     }
 }

@@ -16,6 +16,7 @@ use http::HeaderMap;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 
 pub use crate::error::ApiError;
+pub use error::ERROR_FORMAT;
 
 use crate::state::AppState;
 

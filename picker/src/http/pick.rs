@@ -15,9 +15,11 @@ use http::{HeaderName, HeaderValue, StatusCode, Uri};
 use inferpick_schema::{DoneRequest, PickRequest, decode_json};
 use serde::Serialize;
 
+use super::error::ErrorFormat;
 use super::{MAX_DONE_BODY, MAX_PICK_BODY, read_body, require_json};
 use crate::error::ApiError;
-use crate::front::{authorize, authz_request, decide, refuse_invalid};
+use crate::front::{authorize, decide, refuse_invalid};
+use crate::openai;
 use crate::scheduler::Pick;
 use crate::state::{AppState, Scope};
 
@@ -123,20 +125,29 @@ fn decision_response(pick: Pick) -> Response {
     }
 }
 
-pub(super) async fn authz(
-    State(state): State<AppState>,
-    request: Request,
-) -> Result<Response, ApiError> {
+/// `/v1/authz`: refusals in the picker's shape, or in OpenAI's when the gateway asks for it
+/// with `x-inferpick-error-format: openai` (its clients are LLM clients, who get the body).
+pub(super) async fn authz(State(state): State<AppState>, request: Request) -> Response {
+    let format = match ErrorFormat::of(request.headers()) {
+        Ok(format) => format,
+        Err(e) => return refuse_invalid(&state, e).into_response(),
+    };
+    authz_decision(&state, request)
+        .await
+        .unwrap_or_else(|e| format.respond(e))
+}
+
+async fn authz_decision(state: &AppState, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
-    authorize(&state, headers, Scope::Pick)?;
+    authorize(state, headers, Scope::Pick)?;
     let request = async {
-        let bytes = read_body(&state, headers, body, MAX_PICK_BODY).await?;
-        authz_request(headers, &bytes)
+        let bytes = read_body(state, headers, body, MAX_PICK_BODY).await?;
+        openai::pick_request(headers, &bytes)
     }
     .await
-    .map_err(|e| refuse_invalid(&state, e))?;
-    let pick = decide(&state, &request, false)?;
+    .map_err(|e| refuse_invalid(state, e))?;
+    let pick = decide(state, &request, false)?;
     let value = |s: &str| {
         HeaderValue::from_str(s).map_err(|_| {
             ApiError::InvalidRequest(format!("endpoint {s:?} cannot be a header value"))

@@ -182,7 +182,7 @@ fn refusals_are_immediate_responses_with_status_and_retry_after() {
         refuse: Some(Refusal {
             status: 429,
             retry_after: Some(2),
-            body: error_json("shed", "saturated"),
+            body: crate::openai::error_body(429, "shed", "saturated"),
         }),
         ..Fake::default()
     };
@@ -290,6 +290,8 @@ fn oversized_bodies_are_refused_with_413() {
         panic!()
     };
     assert_eq!(r.status.as_ref().unwrap().code, 413);
+    let error: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(error["error"]["code"], "payload_too_large", "{error}");
     assert!(fake.seen.lock().unwrap().is_empty());
 }
 
