@@ -320,7 +320,7 @@ async fn one(client: &reqwest::Client, url: &str, api: Api, model: &str, req: &R
         .await
     {
         Ok(r) => r,
-        Err(e) => return failed("connect", format!("POST {url}: {e}"), sent),
+        Err(e) => return failed("connect", format!("POST {url}: {}", chain(&e)), sent),
     };
     let status = resp.status();
     if !status.is_success() {
@@ -335,7 +335,7 @@ async fn one(client: &reqwest::Client, url: &str, api: Api, model: &str, req: &R
     while let Some(chunk) = stream.next().await {
         let chunk = match chunk {
             Ok(c) => c,
-            Err(e) => return failed("stream", format!("the stream broke: {e}"), sent),
+            Err(e) => return failed("stream", format!("the stream broke: {}", chain(&e)), sent),
         };
         buf.extend_from_slice(&chunk);
         // Server-sent events are separated by a blank line.
@@ -372,6 +372,21 @@ async fn one(client: &reqwest::Client, url: &str, api: Api, model: &str, req: &R
         (false, _) => failed("stream", "the stream ended without [DONE]", sent),
         (true, None) => failed("stream", "the stream ended without a token", sent),
     }
+}
+
+/// An error with its causes (`error sending request: … : Connection refused`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -535,6 +550,8 @@ mod tests {
         let result = run(c).await;
         assert_eq!(result.completed, 0);
         assert_eq!(result.errors.get("connect").copied(), Some(result.requests));
+        let why = &result.error_examples["connect"];
+        assert!(why.contains("refused"), "the cause is named: {why}");
         assert_eq!(result.error_rate(), 1.0);
         assert_eq!(result.ttft_ms, None);
         assert!(

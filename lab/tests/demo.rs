@@ -32,7 +32,13 @@ async fn keep_serves_a_fresh_fleet_per_policy_at_openai_base_urls() {
     let client = reqwest::Client::new();
     for (i, k) in kept.iter().enumerate() {
         let base = format!("http://{}/v1", k.gateway.addr());
-        assert!(urls.contains(&format!("{base}   ")), "{urls}");
+        let line = format!("  {:<12} {base}   ", k.policy);
+        assert_eq!(
+            urls.matches(&format!("  {} ", k.policy)).count(),
+            1,
+            "{urls}"
+        );
+        assert!(urls.contains(&line), "{urls}");
         let r: Value = client
             .post(format!("{base}/chat/completions"))
             .json(&json!({"model": DEMO_MODEL, "max_tokens": 2,

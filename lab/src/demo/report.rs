@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{DemoConfig, DemoOutcome, KeptPolicy};
+use super::{DEMO_MODEL, DemoConfig, DemoOutcome, KeptPolicy};
 use crate::load::LoadResult;
 use crate::sim::{PolicyResult, ms};
 
@@ -126,11 +126,10 @@ pub fn json<'a>(config: &'a DemoConfig, outcome: &'a DemoOutcome) -> DemoJson<'a
 }
 
 /// The base URLs of the kept policies (`http://host:port/v1`, what OpenAI clients take as
-/// `base_url`), with the server roots and the fleets' own addresses.
+/// `base_url`), one line each that starts with two spaces and the policy's name, then the
+/// fleets' own addresses.
 pub fn urls(kept: &[KeptPolicy]) -> String {
-    let mut out = String::from(
-        "serving until Ctrl-C; OpenAI base URLs (model meta-llama/Llama-3.1-8B-Instruct):\n",
-    );
+    let mut out = format!("serving until Ctrl-C; OpenAI base URLs (model {DEMO_MODEL}):\n");
     for k in kept {
         let addr = k.gateway.addr();
         let _ = writeln!(
@@ -139,11 +138,12 @@ pub fn urls(kept: &[KeptPolicy]) -> String {
             k.policy
         );
     }
+    out.push_str("fleets (a fresh one per policy):\n");
     for k in kept {
         let f = &k.fleet;
         let _ = writeln!(
             out,
-            "  {} fleet: picker http://{}/v1/endpoints · engines {}",
+            "  {}: picker http://{}/v1/endpoints · engines {}",
             k.policy,
             f.picker,
             f.endpoints().join(" ")
