@@ -38,8 +38,9 @@ pub fn verdict(round_robin: &PolicyResult, inferpick: &PolicyResult) -> String {
 pub fn capacity_line(config: &DemoConfig, capacity_per_pod: f64, rate: f64) -> String {
     format!(
         "capacity {capacity_per_pod} requests/s per pod × {} pods; load {} → {rate} requests/s \
-         (`inferpick-lab capacity --pods {} --load {}` prints it; `inferpick-lab load --rate {rate}` drives a peer at it)",
-        config.pods, config.load, config.pods, config.load
+         (`inferpick-lab capacity` with the same --workload, --pods, --load and --seed prints it; \
+         `inferpick-lab load --rate {rate}` drives another router at it)",
+        config.pods, config.load
     )
 }
 
