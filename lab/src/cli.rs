@@ -120,7 +120,7 @@ pub struct LoadArgs {
     /// How long to send requests.
     #[arg(long, env = "INFERPICK_DURATION", default_value = "60s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Model name for base-model requests [default: the one base model `<url>/v1/models` lists].
+    /// Model name for base-model requests [default: the one base model the server lists at /v1/models].
     #[arg(long, env = "INFERPICK_MODEL")]
     pub model: Option<String>,
     /// Which API to speak: `chat`, `completions`, or `auto` (the URL's endpoint if it names one,

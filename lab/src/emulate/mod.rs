@@ -131,7 +131,7 @@ fn unix_now() -> f64 {
 }
 
 impl Emulator {
-    /// A new emulator; call [`Emulator::drive`] (or use [`serve`]) to make time pass.
+    /// A new emulator; call [`Emulator::drive`] (or use [`spawn`]) to make time pass.
     pub fn new(config: EmulatorConfig) -> Self {
         let engine = Engine::new(config.engine.clone());
         let observed = Observed {
@@ -328,7 +328,7 @@ impl Emulator {
     }
 
     /// Publishes the prefix cache's stored and evicted blocks from now on, as vLLM does with
-    /// `--kv-events-config` (see [`publish`]): batches on a PUB socket bound at `events`, and a
+    /// `--kv-events-config` (see the `publish` module): batches on a PUB socket bound at `events`, and a
     /// ROUTER replay socket at `replay`. Returns where they are bound (`tcp://127.0.0.1:0` picks a
     /// port).
     pub async fn publish_kv_events(
