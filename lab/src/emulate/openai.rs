@@ -126,21 +126,26 @@ struct Head {
     prompt_tokens: u32,
 }
 
+/// A request whose choices are all submitted.
+struct Started {
+    head: Head,
+    choices: Vec<Choice>,
+    stream: bool,
+    /// A stream ends with `usage` (`stream_options.include_usage`).
+    usage_in_stream: bool,
+}
+
 async fn generate(em: Emulator, body: Bytes, api: Api) -> Response {
     match start(&em, &body, api) {
-        Ok((head, choices, true, usage)) => stream_response(head, choices, usage),
-        Ok((head, choices, false, _)) => whole_response(head, choices).await,
+        Ok(s) if s.stream => stream_response(s.head, s.choices, s.usage_in_stream),
+        Ok(s) => whole_response(s.head, s.choices).await,
         Err(e) => e.into_response(),
     }
 }
 
 /// Parses a request and submits every choice of every prompt (`n` per prompt, in the order of
-/// their indexes). Returns whether to stream, and whether the stream ends with `usage`.
-fn start(
-    em: &Emulator,
-    body: &Bytes,
-    api: Api,
-) -> Result<(Head, Vec<Choice>, bool, bool), ApiError> {
+/// their indexes).
+fn start(em: &Emulator, body: &Bytes, api: Api) -> Result<Started, ApiError> {
     let p = parse(body, api)?;
     let adapter = (p.model != em.config().model).then_some(p.model.as_str());
     let mut choices = Vec::new();
@@ -173,7 +178,12 @@ fn start(
         api,
         prompt_tokens,
     };
-    Ok((head, choices, p.stream, p.usage_in_stream))
+    Ok(Started {
+        head,
+        choices,
+        stream: p.stream,
+        usage_in_stream: p.usage_in_stream,
+    })
 }
 
 async fn whole_response(head: Head, choices: Vec<Choice>) -> Response {
