@@ -12,7 +12,7 @@ use inferpick_schema::EngineKind;
 use crate::demo::{self, DemoConfig, GatewayKind};
 use crate::emulate::{self, Emulator, EmulatorConfig};
 use crate::engine::EngineConfig;
-use crate::load::{self, LoadConfig};
+use crate::load::{self, Api, LoadConfig};
 use crate::sim::kv::KvDelivery;
 use crate::sim::{self, SimConfig, SimPolicy, capacity};
 use crate::workload::Workload;
@@ -39,6 +39,9 @@ pub enum Command {
     /// Emulated pods + real agents + a real picker + gateways on loopback: the same workload
     /// through round robin and through inferpick, compared.
     Demo(DemoArgs),
+    /// Prints a workload's capacity per pod and the rate at a load, exactly, as the demo and
+    /// `sim` compute them (to drive another router at the demo's rate).
+    Capacity(CapacityArgs),
     /// Writes the lab's tokenizer (a word-level `tokenizer.json` over a generated vocabulary), for
     /// the picker to tokenize as the emulator does.
     Tokenizer(TokenizerArgs),
@@ -56,8 +59,9 @@ pub struct DemoArgs {
     /// Which gateway fronts the fleet: `builtin` (needs nothing), `nginx` or `envoy` (the real programs, when installed).
     #[arg(long, env = "INFERPICK_GATEWAY", value_enum, default_value = "builtin")]
     pub gateway: GatewayKind,
-    /// Leave everything running afterwards and print the URLs (Ctrl-C stops it).
-    #[arg(long, env = "INFERPICK_KEEP")]
+    /// Skip the comparison: start a fresh fleet and gateway per policy, print their base URLs
+    /// at once, and serve until Ctrl-C (to point other clients at).
+    #[arg(long, env = "INFERPICK_KEEP", conflicts_with = "json")]
     pub keep: bool,
     /// Offered load as a fraction of the fleet's capacity.
     #[arg(long, env = "INFERPICK_LOAD", default_value = "0.8", value_parser = parse_load)]
@@ -72,32 +76,102 @@ pub struct DemoArgs {
     /// then routes on exact cached tokens); `off` leaves the picker its approximate prefix index.
     #[arg(long, env = "INFERPICK_KV_EVENTS", value_enum, default_value = "on")]
     pub kv_events: Switch,
+    /// Also write the results as JSON to this file (each policy's run in full).
+    #[arg(long, env = "INFERPICK_JSON")]
+    pub json: Option<PathBuf>,
+    /// With `--json`: also write every request's record.
+    #[arg(long, env = "INFERPICK_JSON_REQUESTS", requires = "json")]
+    pub json_requests: bool,
+}
+
+/// `capacity`: flags.
+#[derive(Debug, Args)]
+pub struct CapacityArgs {
+    /// Built-in workload or a YAML workload file [default: the demo's].
+    #[arg(long, env = "INFERPICK_WORKLOAD")]
+    pub workload: Option<String>,
+    /// Pods in the fleet.
+    #[arg(long, env = "INFERPICK_PODS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub pods: u32,
+    /// Offered load, a fraction of the fleet's capacity.
+    #[arg(long, env = "INFERPICK_LOAD", default_value = "0.8", value_parser = parse_load)]
+    pub load: f64,
+    /// Seed of the requests capacity is measured with (the demo's and `sim`'s `--seed`).
+    #[arg(long, env = "INFERPICK_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Print only the rate at `--load`, in requests per second (for `load --rate`).
+    #[arg(long)]
+    pub rate_only: bool,
 }
 
 /// `load`: flags.
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// Base URL of an OpenAI-compatible server or gateway; requests go to `<url>/v1/completions`.
+    /// Base URL of an OpenAI-compatible server or gateway (`http://host:port` or
+    /// `http://host:port/v1`); requests go to its `/v1/completions` or `/v1/chat/completions`.
     #[arg(long, env = "INFERPICK_URL")]
     pub url: String,
     /// Built-in workload or a YAML workload file (its classes set prompt and output lengths).
     #[arg(long, env = "INFERPICK_WORKLOAD", default_value = "chat")]
     pub workload: String,
     /// Requests per second, in all.
-    #[arg(long, env = "INFERPICK_RATE", value_parser = parse_load)]
+    #[arg(long, env = "INFERPICK_RATE", value_parser = parse_rate)]
     pub rate: f64,
     /// How long to send requests.
     #[arg(long, env = "INFERPICK_DURATION", default_value = "60s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Model name for base-model requests [default: the first model of `<url>/v1/models`].
+    /// Model name for base-model requests [default: the one base model the server lists at /v1/models].
     #[arg(long, env = "INFERPICK_MODEL")]
     pub model: Option<String>,
+    /// Which API to speak: `chat`, `completions`, or `auto` (the URL's endpoint if it names one,
+    /// else chat for the `chat` and conversation workloads, completions for the others).
+    #[arg(long, env = "INFERPICK_API", value_enum, default_value = "auto")]
+    pub api: ApiChoice,
     /// Seed of arrivals and lengths.
     #[arg(long, env = "INFERPICK_SEED", default_value_t = 1)]
     pub seed: u64,
+    /// Exit with status 1 when more than this fraction of the requests failed.
+    #[arg(long, env = "INFERPICK_MAX_ERROR_RATE", default_value_t = 0.01, value_parser = parse_fraction)]
+    pub max_error_rate: f64,
     /// Also write the results as JSON to this file.
     #[arg(long, env = "INFERPICK_JSON")]
     pub json: Option<PathBuf>,
+    /// With `--json`: also write every request's record (`records`).
+    #[arg(long, env = "INFERPICK_JSON_REQUESTS", requires = "json")]
+    pub json_requests: bool,
+}
+
+/// `load --api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ApiChoice {
+    /// The URL's endpoint if it names one, else the workload's.
+    Auto,
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completions,
+}
+
+impl ApiChoice {
+    /// The API to speak to `url` with `workload`; an explicit choice that contradicts the
+    /// endpoint the URL names is an error.
+    pub fn resolve(self, url: &str, workload: &Workload) -> anyhow::Result<Api> {
+        let asked = match self {
+            ApiChoice::Auto => None,
+            ApiChoice::Chat => Some(Api::Chat),
+            ApiChoice::Completions => Some(Api::Completions),
+        };
+        match (asked, Api::of_url(url)) {
+            (Some(a), Some(u)) if a != u => anyhow::bail!(
+                "--api {} but --url {url} names the {} endpoint; give the base URL",
+                a.name(),
+                u.name()
+            ),
+            (Some(a), _) => Ok(a),
+            (None, Some(u)) => Ok(u),
+            (None, None) => Ok(Api::of_workload(workload)),
+        }
+    }
 }
 
 /// `emulate`: flags.
@@ -159,6 +233,15 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("{s:?} is not a duration like 100ms or 10m: {e}"))
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?}: the rate is requests per second, a positive number like 12.5"
+        )),
+    }
 }
 
 fn parse_load(s: &str) -> Result<f64, String> {
@@ -237,6 +320,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Emulate(args) => runtime()?.block_on(emulate_command(args)),
         Command::Load(args) => runtime()?.block_on(load_command(args)),
         Command::Demo(args) => runtime()?.block_on(demo_command(args)),
+        Command::Capacity(args) => capacity_command(args),
         Command::Tokenizer(args) => {
             crate::tokenizer::write(&args.out)?;
             println!(
@@ -327,7 +411,7 @@ async fn emulate_command(args: EmulateArgs) -> anyhow::Result<()> {
     }
     let stop = shutdown_signal();
     eprintln!(
-        "emulating {} at http://{} (model {}; /v1/completions, /v1/chat/completions, /v1/models, /metrics)",
+        "emulating {} at http://{} (model {}; /v1/completions, /v1/chat/completions, /v1/models, /metrics; for peer routers /get_load, /get_server_info, /get_model_info, /tokenize, /detokenize)",
         args.engine,
         running.addr,
         running.emulator.config().model
@@ -396,39 +480,23 @@ fn sim_command(args: SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The first model a server lists at `/v1/models`.
-pub async fn first_model(url: &str) -> anyhow::Result<String> {
-    let base = url.trim_end_matches('/');
-    let base = base
-        .strip_suffix("/v1/completions")
-        .or_else(|| base.strip_suffix("/v1/chat/completions"))
-        .unwrap_or(base);
-    let v: serde_json::Value = reqwest::get(format!("{base}/v1/models"))
-        .await
-        .with_context(|| format!("GET {base}/v1/models"))?
-        .json()
-        .await
-        .with_context(|| format!("GET {base}/v1/models: not JSON"))?;
-    v["data"][0]["id"]
-        .as_str()
-        .map(str::to_string)
-        .with_context(|| format!("GET {base}/v1/models lists no model; pass --model"))
-}
-
 async fn load_command(args: LoadArgs) -> anyhow::Result<()> {
     let workload = Workload::load(&args.workload)?;
+    let api = args.api.resolve(&args.url, &workload)?;
     let model = match args.model {
         Some(m) => m,
-        None => first_model(&args.url).await?,
+        None => load::model::choose(&args.url).await?,
     };
     let result = load::run(LoadConfig {
         url: args.url,
+        api,
         workload,
         rate: args.rate,
         duration: args.duration,
         seed: args.seed,
         model,
         timeout: Duration::from_secs(600),
+        keep_records: args.json_requests,
     })
     .await;
     println!("{}", result.summary());
@@ -436,191 +504,88 @@ async fn load_command(args: LoadArgs) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(&result)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
+    if result.requests == 0 {
+        anyhow::bail!(
+            "no request was sent: {}/s for {} makes no arrival; raise --rate or --duration",
+            args.rate,
+            humantime::format_duration(args.duration)
+        );
+    }
+    if result.error_rate() > args.max_error_rate {
+        anyhow::bail!(
+            "{} of {} requests failed ({:.1}%), above --max-error-rate {}",
+            result.failed,
+            result.requests,
+            result.error_rate() * 100.0,
+            args.max_error_rate
+        );
+    }
     Ok(())
 }
 
-async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
-    let workload = match &args.workload {
+/// The workload `demo` and `capacity` use: `--workload`, else the demo's own.
+fn demo_workload(name: Option<&str>) -> anyhow::Result<Workload> {
+    Ok(match name {
         Some(w) => Workload::load(w)?,
         None => Workload::parse(demo::DEMO_WORKLOAD, "lab/workloads/demo.yaml")?,
-    };
+    })
+}
+
+async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
     let config = DemoConfig {
         pods: args.pods,
         duration: args.duration,
         load: args.load,
-        workload,
+        workload: demo_workload(args.workload.as_deref())?,
         seed: args.seed,
         gateway: args.gateway,
         kv_events: args.kv_events == Switch::On,
+        keep_records: args.json_requests,
     };
-    let outcome = demo::run(&config, |line| eprintln!("{line}")).await?;
-    let heading = format!(
-        "inferpick demo · workload {} · {} pods · {:.1} requests/s offered ({:.0}% of capacity) · {} per policy",
-        config.workload.name,
-        config.pods,
-        outcome.rate,
-        config.load * 100.0,
-        humantime::format_duration(config.duration)
-    );
-    println!();
-    print!("{}", outcome.report.table(&heading));
-    for r in &outcome.runs {
-        let errors: u64 = r.errors.values().sum();
-        if errors > 0 {
-            println!("errors through {}: {:?}", r.url, r.errors);
-        }
-    }
-    if let [rr, ip] = &outcome.report.results[..] {
-        let verdict = if ip.ttft_ms.p99 < rr.ttft_ms.p99 {
-            "inferpick beats round robin"
-        } else {
-            "inferpick does not beat round robin"
-        };
-        println!(
-            "\n{verdict} on TTFT p99: {} vs {} ({:.2}×), at {:.0} vs {:.0} output tokens/s.",
-            crate::sim::ms(ip.ttft_ms.p99),
-            crate::sim::ms(rr.ttft_ms.p99),
-            ip.ttft_ms.p99 / rr.ttft_ms.p99.max(1e-9),
-            ip.throughput_tokens_per_s,
-            rr.throughput_tokens_per_s
-        );
-    }
     if args.keep {
-        let (fleet, gateways) = &outcome.kept;
         let stop = shutdown_signal();
-        println!("\nstill running (Ctrl-C stops everything):");
-        for (name, gw) in gateways {
-            println!("  gateway ({name}):  http://{}/v1/completions", gw.addr());
-        }
+        let kept = demo::keep(&config, |line| eprintln!("{line}")).await?;
+        print!("{}", demo::report::urls(&kept));
+        let rate = config.load
+            * demo::capacity_per_pod(&config.workload, config.seed)
+            * f64::from(config.pods);
         println!(
-            "  picker:   http://{}/v1/endpoints  http://{}/metrics",
-            fleet.picker, fleet.picker
+            "drive each at the demo's rate: inferpick-lab load --url <base URL> --workload {} --rate {rate}",
+            args.workload
+                .as_deref()
+                .unwrap_or("lab/workloads/demo.yaml")
         );
-        for (i, (e, a)) in fleet.emulators.iter().zip(&fleet.agents).enumerate() {
-            println!(
-                "  pod {i}:    engine http://{}/metrics   agent http://{a}/metrics",
-                e.addr
-            );
-        }
         stop.await;
+        for k in kept {
+            drop(k.gateway);
+            k.fleet.shutdown().await;
+        }
+        return Ok(());
+    }
+    let outcome = demo::run(&config, |line| eprintln!("{line}")).await?;
+    print!("{}", demo::report::text(&config, &outcome));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&demo::report::json(&config, &outcome))?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn capacity_command(args: CapacityArgs) -> anyhow::Result<()> {
+    let workload = demo_workload(args.workload.as_deref())?;
+    let per_pod = demo::capacity_per_pod(&workload, args.seed);
+    let fleet = per_pod * f64::from(args.pods);
+    let rate = args.load * fleet;
+    if args.rate_only {
+        println!("{rate}");
+    } else {
+        println!(
+            "workload {} · seed {}\ncapacity per pod: {per_pod} requests/s\ncapacity of {} pods: {fleet} requests/s\nrate at load {}: {rate} requests/s",
+            workload.name, args.seed, args.pods, args.load
+        );
     }
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    use super::*;
-
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("inferpick-lab").chain(args.iter().copied()))
-    }
-
-    #[test]
-    fn the_command_line_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn sim_flags_parse() {
-        let cli = parse(&[
-            "sim",
-            "--workload",
-            "mixed",
-            "--pods",
-            "16",
-            "--policies",
-            "oracle,inferpick",
-            "--load",
-            "0.85",
-            "--seed",
-            "7",
-            "--staleness",
-            "50ms",
-            "--duration",
-            "2m",
-            "--json",
-            "out.json",
-        ])
-        .unwrap();
-        let Command::Sim(s) = cli.command else {
-            panic!("not sim")
-        };
-        assert_eq!(
-            s.policies,
-            [SimPolicy::Oracle, "inferpick".parse().unwrap()]
-        );
-        assert_eq!(s.load, Some(0.85));
-        assert_eq!(s.staleness, Duration::from_millis(50));
-        assert_eq!(s.duration, Some(Duration::from_secs(120)));
-        assert_eq!(s.pods, Some(16));
-    }
-
-    #[test]
-    fn bad_values_name_the_flag_and_the_value() {
-        let err = parse(&["sim", "--policies", "inferpick,fastest"])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("fastest") && err.contains("--policies"),
-            "{err}"
-        );
-        let err = parse(&["sim", "--load=0"]).unwrap_err().to_string();
-        assert!(err.contains("--load") && err.contains("\"0\""), "{err}");
-        let err = parse(&["sim", "--staleness", "soon"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("soon"), "{err}");
-        let err = parse(&["emulate", "--engine", "ollama"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("ollama") && err.contains("vllm"), "{err}");
-        assert!(
-            parse(&["load", "--rate", "5"]).is_err(),
-            "--url is required"
-        );
-    }
-
-    #[test]
-    fn emulate_load_and_demo_flags_parse() {
-        let Command::Emulate(e) = parse(&[
-            "emulate",
-            "--listen",
-            "127.0.0.1:0",
-            "--engine",
-            "triton-trtllm",
-            "--model",
-            "m",
-            "--adapters",
-            "a,b",
-        ])
-        .unwrap()
-        .command
-        else {
-            panic!("not emulate")
-        };
-        assert_eq!(e.engine, EngineKind::TritonTrtllm);
-        assert_eq!(e.adapters, ["a", "b"]);
-        let Command::Load(l) = parse(&[
-            "load",
-            "--url",
-            "http://x",
-            "--rate",
-            "2.5",
-            "--duration",
-            "10s",
-        ])
-        .unwrap()
-        .command
-        else {
-            panic!("not load")
-        };
-        assert_eq!((l.rate, l.duration), (2.5, Duration::from_secs(10)));
-        let Command::Demo(d) = parse(&["demo", "--pods", "2", "--keep"]).unwrap().command else {
-            panic!("not demo")
-        };
-        assert!(d.keep);
-        assert_eq!(d.gateway, GatewayKind::Builtin);
-    }
-}
+mod tests;

@@ -1,11 +1,14 @@
 //! `demo`: a whole inferpick fleet on loopback — emulated engines, the real agent beside each, the
-//! real picker, and two built-in gateways (round robin, and inferpick through the picker) — then
-//! the same open-loop workload through each gateway, and the comparison.
+//! real picker, and a gateway (round robin, or inferpick through the picker) — then the same
+//! open-loop workload through each policy, each on a fresh fleet, and the comparison
+//! ([`report`]). With `--keep`, a fleet and gateway per policy are started and left serving for
+//! other clients instead.
 //!
 //! Everything runs in this process on ports the OS chose, so the demo needs nothing but `cargo`.
 
 pub mod external;
 pub mod gateway;
+pub mod report;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::emulate::{self, Emulator, EmulatorConfig, Running};
 use crate::engine::EngineConfig;
-use crate::load::{self, LoadConfig, LoadResult};
+use crate::load::{self, Api, LoadConfig, LoadResult};
 use crate::sim::{E2e, PolicyResult, SimReport, Ttft, capacity};
 use crate::workload::Workload;
 use gateway::{Gateway, Route, RunningGateway};
@@ -59,6 +62,31 @@ pub struct DemoConfig {
     /// The emulators publish their KV events, the agents relay them, and the picker tokenizes
     /// prompts with the emulators' tokenizer: token-exact prefix routing.
     pub kv_events: bool,
+    /// Keep every request's record in the runs' results.
+    pub keep_records: bool,
+}
+
+/// The policies the demo compares, in the order they run: each fronted by its own gateway on its
+/// own fresh fleet.
+pub const POLICIES: [&str; 2] = ["round-robin", "inferpick"];
+
+/// The engine every pod runs for `workload`: the default profile with the workload's `pods`
+/// settings (`max_loras`, `kv_tokens`).
+pub fn engine_for(workload: &Workload) -> EngineConfig {
+    let mut engine = EngineConfig::default();
+    if let Some(m) = workload.pods.max_loras {
+        engine.max_loras = m;
+    }
+    if let Some(k) = workload.pods.kv_tokens {
+        engine.kv_tokens = k;
+    }
+    engine
+}
+
+/// The requests per second one pod completes for `workload`, as the demo measures it (and
+/// `inferpick-lab capacity` prints it).
+pub fn capacity_per_pod(workload: &Workload, seed: u64) -> f64 {
+    capacity::per_pod(workload, &engine_for(workload), seed)
 }
 
 /// A gateway in front of the demo's fleet; stops when dropped.
@@ -305,94 +333,100 @@ impl Fleet {
     }
 }
 
-/// What the demo measured, and the fleet if it is kept.
+/// What the demo measured.
 #[derive(Debug)]
 pub struct DemoOutcome {
     /// One row per gateway policy.
     pub report: SimReport,
     /// The raw load results, in the same order.
     pub runs: Vec<LoadResult>,
+    /// Requests per second one pod completes (the capacity the load is a fraction of).
+    pub capacity_per_pod: f64,
     /// Offered requests per second.
     pub rate: f64,
-    /// The fleet and gateways, still running.
-    pub kept: (Fleet, Vec<(&'static str, DemoGateway)>),
 }
 
 fn as_row(policy: &str, r: &LoadResult, prefix_hit_ratio: Option<f64>) -> PolicyResult {
+    let (ttft, e2e) = (r.ttft_ms.unwrap_or_default(), r.e2e_ms.unwrap_or_default());
     PolicyResult {
         policy: policy.to_string(),
         requests: r.requests,
         completed: r.completed,
         shed: r.errors.get("429").copied().unwrap_or(0),
         throughput_tokens_per_s: r.throughput_tokens_per_s,
-        ttft_ms: Ttft { ..r.ttft_ms },
-        e2e_ms: E2e { ..r.e2e_ms },
+        ttft_ms: Ttft {
+            p50: ttft.p50,
+            p90: ttft.p90,
+            p99: ttft.p99,
+        },
+        e2e_ms: E2e {
+            p50: e2e.p50,
+            p99: e2e.p99,
+        },
         goodput: r.goodput,
         prefix_hit_ratio,
     }
 }
 
-/// Runs the demo: the fleet, both gateways, the workload through round robin then inferpick.
+/// A fresh fleet for one policy, with its gateway in front.
+async fn fleet_for(
+    config: &DemoConfig,
+    policy: &str,
+    progress: &mut impl FnMut(&str),
+) -> anyhow::Result<(Fleet, DemoGateway)> {
+    progress(&format!(
+        "starting {} emulated vLLM pods, {} agents and a picker on loopback for {policy}…",
+        config.pods, config.pods
+    ));
+    let fleet = Fleet::start(
+        config.pods,
+        &[EngineKind::Vllm],
+        &config.workload.adapter_names(),
+        engine_for(&config.workload),
+        Duration::from_millis(100),
+        config.kv_events,
+    )
+    .await?;
+    let gw = DemoGateway::start(config.gateway, &fleet, policy != "round-robin").await?;
+    Ok((fleet, gw))
+}
+
+/// Runs the demo: the workload through round robin, then through inferpick, each on a fresh
+/// fleet (so both start with cold caches and no adapter loaded, and see exactly the same
+/// requests at the same times).
 pub async fn run(
     config: &DemoConfig,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<DemoOutcome> {
-    let mut engine = EngineConfig::default();
-    if let Some(m) = config.workload.pods.max_loras {
-        engine.max_loras = m;
-    }
-    if let Some(k) = config.workload.pods.kv_tokens {
-        engine.kv_tokens = k;
-    }
-    let per_pod = capacity::per_pod(&config.workload, &engine, config.seed);
-    let rate = config.load * per_pod * f64::from(config.pods);
-    let adapters = config.workload.adapter_names();
+    let capacity_per_pod = capacity_per_pod(&config.workload, config.seed);
+    let rate = config.load * capacity_per_pod * f64::from(config.pods);
     let mut runs = Vec::new();
     let mut rows = Vec::new();
-    let mut last = None;
-    // Each policy gets a fresh fleet, so both start with cold caches and no adapter loaded, and
-    // sees exactly the same requests at the same times.
-    for name in ["round-robin", "inferpick"] {
+    for policy in POLICIES {
+        let (fleet, gw) = fleet_for(config, policy, &mut progress).await?;
         progress(&format!(
-            "starting {} emulated vLLM pods, {} agents and a picker on loopback…",
-            config.pods, config.pods
-        ));
-        let fleet = Fleet::start(
-            config.pods,
-            &[EngineKind::Vllm],
-            &adapters,
-            engine.clone(),
-            Duration::from_millis(100),
-            config.kv_events,
-        )
-        .await?;
-        let gw = DemoGateway::start(config.gateway, &fleet, name != "round-robin").await?;
-        progress(&format!(
-            "driving {} through {name} for {}: {:.1} requests/s ({:.0}% of the fleet's capacity)…",
+            "driving {} through {policy} for {}: {rate} requests/s ({}% of the fleet's capacity)…",
             config.workload.name,
             humantime::format_duration(config.duration),
-            rate,
             config.load * 100.0
         ));
         let result = load::run(LoadConfig {
             url: format!("http://{}", gw.addr()),
+            api: Api::of_workload(&config.workload),
             workload: config.workload.clone(),
             rate,
             duration: config.duration,
             seed: config.seed,
             model: DEMO_MODEL.into(),
             timeout: Duration::from_secs(120),
+            keep_records: config.keep_records,
         })
         .await;
-        rows.push(as_row(name, &result, fleet.prefix_hit_ratio()));
+        rows.push(as_row(policy, &result, fleet.prefix_hit_ratio()));
         runs.push(result);
-        if let Some((previous, gw)) = last.replace((fleet, gw)) {
-            drop(gw);
-            previous.shutdown().await;
-        }
+        drop(gw);
+        fleet.shutdown().await;
     }
-    let (fleet, smart) = last.expect("two runs");
-    let rr = DemoGateway::start(config.gateway, &fleet, false).await?;
     Ok(DemoOutcome {
         report: SimReport {
             workload: config.workload.name.clone(),
@@ -400,9 +434,38 @@ pub async fn run(
             results: rows,
         },
         runs,
+        capacity_per_pod,
         rate,
-        kept: (fleet, vec![("round-robin", rr), ("inferpick", smart)]),
     })
+}
+
+/// One policy's fleet and gateway, left serving.
+#[derive(Debug)]
+pub struct KeptPolicy {
+    /// `round-robin` or `inferpick`.
+    pub policy: &'static str,
+    /// Its fleet.
+    pub fleet: Fleet,
+    /// Its gateway.
+    pub gateway: DemoGateway,
+}
+
+/// Starts a fresh fleet and gateway per policy and leaves them serving (`demo --keep`): other
+/// clients can then drive each policy without one's warm caches helping the other.
+pub async fn keep(
+    config: &DemoConfig,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<Vec<KeptPolicy>> {
+    let mut kept = Vec::new();
+    for policy in POLICIES {
+        let (fleet, gateway) = fleet_for(config, policy, &mut progress).await?;
+        kept.push(KeptPolicy {
+            policy,
+            fleet,
+            gateway,
+        });
+    }
+    Ok(kept)
 }
 
 impl Fleet {

@@ -3,10 +3,12 @@
 //! msgspec-encoded `KVEventBatch` of tagged `BlockStored`, `BlockRemoved` and `AllBlocksCleared`
 //! events.
 //!
-//! vLLM has encoded its structs two ways: as arrays (`array_like=True`, the releases that
-//! introduced KV events: `[ts, [["BlockStored", hashes, parent, token_ids, block_size, lora_id,
-//! medium, lora_name], …], dp_rank]`) and, in current sources, as maps with the tag under `type`
-//! (`{"ts": …, "events": [{"type": "BlockStored", "block_hashes": …}], "data_parallel_rank": …}`).
+//! vLLM has encoded its structs in more than one way: all as arrays (`array_like=True`, the
+//! releases that introduced KV events: `[ts, [["BlockStored", hashes, parent, token_ids,
+//! block_size, lora_id, medium, lora_name], …], dp_rank]`); in current sources the batch is still
+//! an array but each event is a map with the tag under `type` (`KVCacheEvent` dropped
+//! `array_like`: `[ts, [{"type": "BlockStored", "block_hashes": …}], dp_rank]`, the only form
+//! vLLM's router reads); and maps throughout (`{"ts": …, "events": […], "data_parallel_rank": …}`).
 //! [`Form`] picks one. Block hashes are the lab's own u64 block keys (vLLM's may be ints or bytes).
 
 /// One event of a batch.
@@ -39,10 +41,23 @@ pub enum WireEvent {
 /// How msgspec lays out the structs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {
-    /// `array_like=True`: fields in order, the tag first.
+    /// `array_like=True` throughout: fields in order, an event's tag first.
     Array,
-    /// Maps keyed by field name, the tag under `type`.
+    /// The batch an array, each event a map keyed by field name with the tag under `type`:
+    /// current vLLM.
+    ArrayOfMaps,
+    /// Maps keyed by field name throughout, an event's tag under `type`.
     Map,
+}
+
+impl Form {
+    /// How this form lays out one event.
+    fn event(self) -> Form {
+        match self {
+            Form::ArrayOfMaps => Form::Map,
+            other => other,
+        }
+    }
 }
 
 /// The medium vLLM names for GPU memory.
@@ -52,13 +67,13 @@ const MEDIUM_GPU: &str = "GPU";
 pub fn encode_batch(ts: f64, events: &[WireEvent], dp_rank: Option<u32>, form: Form) -> Vec<u8> {
     let mut w = Writer::default();
     match form {
-        Form::Array => {
+        Form::Array | Form::ArrayOfMaps => {
             // msgspec drops trailing fields equal to their default: `data_parallel_rank = None`.
             w.array(if dp_rank.is_some() { 3 } else { 2 });
             w.float(ts);
             w.array(events.len());
             for e in events {
-                encode_event(&mut w, e, form);
+                encode_event(&mut w, e, form.event());
             }
             if let Some(r) = dp_rank {
                 w.uint(u64::from(r));
@@ -102,7 +117,7 @@ fn encode_event(w: &mut Writer, e: &WireEvent, form: Form) {
         WireEvent::Cleared => ("AllBlocksCleared", 0),
     };
     match form {
-        Form::Array => {
+        Form::Array | Form::ArrayOfMaps => {
             w.array(count + 1);
             w.str(tag);
         }
@@ -417,6 +432,20 @@ mod tests {
             panic!("event not a map")
         };
         assert_eq!(removed[0], (s("type"), s("BlockRemoved")));
+    }
+
+    #[test]
+    fn current_vllm_puts_tagged_map_events_in_an_array_batch() {
+        let both = &events()[1..3];
+        let V::A(batch) = read(&encode_batch(2.0, both, Some(0), Form::ArrayOfMaps)) else {
+            panic!("the batch is not an array")
+        };
+        assert_eq!((&batch[0], &batch[2]), (&V::F(2.0), &V::U(0)));
+        // Each event exactly as the map form writes it.
+        let V::M(mapped) = read(&encode_batch(2.0, both, Some(0), Form::Map)) else {
+            panic!("not a map")
+        };
+        assert_eq!(batch[1], mapped[1].1);
     }
 
     #[test]

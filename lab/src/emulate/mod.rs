@@ -11,7 +11,9 @@
 pub mod exposition;
 pub mod kv_events;
 mod openai;
+mod peers;
 mod publish;
+mod request;
 
 pub use publish::KvEndpoints;
 
@@ -110,6 +112,8 @@ pub struct Emulator {
     core: Arc<Mutex<Core>>,
     wake: Arc<Notify>,
     origin: Instant,
+    /// Random per emulator, so that response ids differ across pods as well as across requests.
+    instance: u64,
 }
 
 impl std::fmt::Debug for Emulator {
@@ -127,7 +131,7 @@ fn unix_now() -> f64 {
 }
 
 impl Emulator {
-    /// A new emulator; call [`Emulator::drive`] (or use [`serve`]) to make time pass.
+    /// A new emulator; call [`Emulator::drive`] (or use [`spawn`]) to make time pass.
     pub fn new(config: EmulatorConfig) -> Self {
         let engine = Engine::new(config.engine.clone());
         let observed = Observed {
@@ -158,7 +162,14 @@ impl Emulator {
             })),
             wake: Arc::new(Notify::new()),
             origin: Instant::now(),
+            instance: rand::random(),
         }
+    }
+
+    /// A response id (`prefix-…`) for the request the engine knows as `seq`: unique across
+    /// emulators and requests, as clients that key on ids expect.
+    pub fn response_id(&self, prefix: &str, seq: u64) -> String {
+        format!("{prefix}-{:016x}{seq:08x}", self.instance)
     }
 
     /// The configuration.
@@ -180,24 +191,47 @@ impl Emulator {
         &self,
         sub: Submission,
     ) -> Result<(u64, u32, mpsc::UnboundedReceiver<Progress>), EmulateError> {
-        let adapter = match &sub.adapter {
+        let ids = self.tokenize(&sub.prompt)?;
+        self.submit_ids(ids, sub.max_tokens, sub.adapter.as_deref())
+    }
+
+    /// The token ids of `text` under the emulator's tokenizer.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, EmulateError> {
+        crate::tokenizer::encode(&self.config.tokenizer, text).map_err(EmulateError::Tokenize)
+    }
+
+    /// Queues a prompt given as token ids (a completions `prompt` of ids), which go to the prefix
+    /// cache as they are; otherwise as [`Emulator::submit`].
+    pub fn submit_ids(
+        &self,
+        ids: Vec<u32>,
+        max_tokens: u32,
+        adapter_name: Option<&str>,
+    ) -> Result<(u64, u32, mpsc::UnboundedReceiver<Progress>), EmulateError> {
+        let adapter = match adapter_name {
             None => None,
             Some(name) => Some(
                 self.config
                     .adapters
                     .iter()
                     .position(|a| a == name)
-                    .ok_or_else(|| EmulateError::UnknownModel(name.clone()))?
+                    .ok_or_else(|| EmulateError::UnknownModel(name.to_string()))?
                     as u32,
             ),
         };
-        let ids = crate::tokenizer::encode(&self.config.tokenizer, &sub.prompt)
-            .map_err(EmulateError::Tokenize)?;
+        let vocab = self.config.tokenizer.get_vocab_size(true) as u32;
+        if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
+            return Err(EmulateError::Tokenize(format!(
+                "token id {bad} is out of vocabulary (ids run from 0 to {})",
+                vocab.saturating_sub(1)
+            )));
+        }
         // An empty prompt still costs the one token engines prefill (the BOS).
         let tokens = (ids.len() as u32).max(1);
+        let max_tokens = max_tokens.max(1);
         let bt = self.config.engine.block_tokens as usize;
         // Prefix-cache keys of the prompt's full blocks, under the model's root.
-        let root = inferpick_schema::kv::root(sub.adapter.as_deref());
+        let root = inferpick_schema::kv::root(adapter_name);
         let blocks = inferpick_schema::kv::block_keys(root, &ids, bt, usize::MAX);
         let (tx, rx) = mpsc::unbounded_channel();
         let id = {
@@ -210,7 +244,7 @@ impl Emulator {
             core.engine.submit(SeqSpec {
                 id,
                 prompt_tokens: tokens,
-                output_tokens: sub.max_tokens.max(1),
+                output_tokens: max_tokens,
                 prefix: blocks.into(),
                 adapter,
             })?;
@@ -222,7 +256,7 @@ impl Emulator {
                     sent: 0,
                     arrival: Instant::now(),
                     prompt_tokens: tokens,
-                    max_tokens: sub.max_tokens.max(1),
+                    max_tokens,
                 },
             );
             id
@@ -294,7 +328,7 @@ impl Emulator {
     }
 
     /// Publishes the prefix cache's stored and evicted blocks from now on, as vLLM does with
-    /// `--kv-events-config` (see [`publish`]): batches on a PUB socket bound at `events`, and a
+    /// `--kv-events-config` (see the `publish` module): batches on a PUB socket bound at `events`, and a
     /// ROUTER replay socket at `replay`. Returns where they are bound (`tcp://127.0.0.1:0` picks a
     /// port).
     pub async fn publish_kv_events(

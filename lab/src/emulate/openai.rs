@@ -1,18 +1,22 @@
 //! The OpenAI-compatible HTTP surface of an emulated server: `/v1/completions`,
-//! `/v1/chat/completions` (streaming SSE and not), `/v1/models`, `/metrics`, `/health`.
+//! `/v1/chat/completions` (streaming SSE and not, `n` choices per prompt, batches of prompts),
+//! `/v1/models`, `/metrics`, `/health`, and what peer routers ask a worker ([`peers`]).
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures::stream;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::{EmulateError, Emulator, Progress, Submission, exposition};
+use super::request::{Api, Prompt, parse};
+use super::{EmulateError, Emulator, Progress, exposition, peers};
 
-/// The emulator's routes.
+/// The emulator's routes; any other path gets a JSON 404 in OpenAI's error shape.
 pub fn router(emulator: Emulator) -> Router {
     Router::new()
         .route("/v1/completions", post(completions))
@@ -20,18 +24,23 @@ pub fn router(emulator: Emulator) -> Router {
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { StatusCode::OK }))
+        .merge(peers::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(emulator)
 }
 
-/// An error in vLLM's OpenAI-server shape.
-struct ApiError {
+/// An error in the shape of vLLM's OpenAI server (and OpenAI's):
+/// `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub(super) struct ApiError {
     status: StatusCode,
     kind: &'static str,
-    message: String,
+    pub(super) message: String,
 }
 
 impl ApiError {
-    fn bad(message: impl Into<String>) -> Self {
+    pub(super) fn bad(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             kind: "BadRequestError",
@@ -55,105 +64,32 @@ impl From<EmulateError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "object": "error",
+        let body = json!({"error": {
             "message": self.message,
             "type": self.kind,
             "param": null,
             "code": self.status.as_u16(),
-        });
+        }});
         (self.status, axum::Json(body)).into_response()
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Api {
-    Completions,
-    Chat,
+async fn not_found(method: Method, uri: Uri) -> Response {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        kind: "NotFoundError",
+        message: format!("{method} {}: no such route", uri.path()),
+    }
+    .into_response()
 }
 
-/// The parts of a request body the emulator uses.
-struct Parsed {
-    model: String,
-    prompt: String,
-    max_tokens: u32,
-    stream: bool,
-    usage_in_stream: bool,
-}
-
-fn parse(body: &Bytes, api: Api) -> Result<Parsed, ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad(format!("request body is not valid JSON: {e}")))?;
-    let model = v
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad("model: required, a string"))?
-        .to_string();
-    let prompt = match api {
-        Api::Completions => match v.get("prompt") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(parts)) if parts.iter().all(Value::is_string) => parts
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(""),
-            _ => {
-                return Err(ApiError::bad(
-                    "prompt: required, a string or a list of strings",
-                ));
-            }
-        },
-        Api::Chat => {
-            let messages = v
-                .get("messages")
-                .and_then(Value::as_array)
-                .filter(|m| !m.is_empty())
-                .ok_or_else(|| ApiError::bad("messages: required, a non-empty list"))?;
-            let mut text = String::new();
-            for (i, m) in messages.iter().enumerate() {
-                match m.get("content") {
-                    Some(Value::String(s)) => text.push_str(s),
-                    Some(Value::Array(parts)) => {
-                        for p in parts {
-                            if let Some(t) = p.get("text").and_then(Value::as_str) {
-                                text.push_str(t);
-                            }
-                        }
-                    }
-                    _ => {
-                        return Err(ApiError::bad(format!(
-                            "messages[{i}].content: required, a string or a list of parts"
-                        )));
-                    }
-                }
-            }
-            text
-        }
-    };
-    let max_key = ["max_completion_tokens", "max_tokens"]
-        .into_iter()
-        .find(|k| v.get(*k).is_some_and(|x| !x.is_null()));
-    let max_tokens = match max_key {
-        Some(k) => v[k]
-            .as_u64()
-            .filter(|n| (1..=1_000_000).contains(n))
-            .ok_or_else(|| ApiError::bad(format!("{k}: must be an integer from 1 to 1000000")))?
-            as u32,
-        None if api == Api::Completions => 16,
-        None => 256,
-    };
-    let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let usage_in_stream = v
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    Ok(Parsed {
-        model,
-        prompt,
-        max_tokens,
-        stream,
-        usage_in_stream,
-    })
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        kind: "MethodNotAllowedError",
+        message: format!("{method} {}: method not allowed", uri.path()),
+    }
+    .into_response()
 }
 
 async fn completions(State(em): State<Emulator>, body: Bytes) -> Response {
@@ -175,88 +111,142 @@ fn created() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-async fn generate(em: Emulator, body: Bytes, api: Api) -> Response {
-    let p = match parse(&body, api) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let adapter = if p.model == em.config().model {
-        None
-    } else {
-        Some(p.model.clone())
-    };
-    let (id, prompt_tokens, rx) = match em.submit(Submission {
-        prompt: p.prompt,
-        max_tokens: p.max_tokens,
-        adapter,
-    }) {
-        Ok(x) => x,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    let rid = match api {
-        Api::Completions => format!("cmpl-{id}"),
-        Api::Chat => format!("chatcmpl-{id}"),
-    };
-    if p.stream {
-        stream_response(rx, rid, p.model, api, prompt_tokens, p.usage_in_stream)
-    } else {
-        whole_response(rx, rid, p.model, api, prompt_tokens).await
-    }
+/// One choice being generated: its progress, and whether its prompt counts in `usage` (each
+/// prompt counts once however many choices it has).
+struct Choice {
+    rx: UnboundedReceiver<Progress>,
+    counts_prompt: bool,
 }
 
-async fn whole_response(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Progress>,
+/// What every chunk and response of one request shares.
+struct Head {
     rid: String,
     model: String,
     api: Api,
     prompt_tokens: u32,
-) -> Response {
-    let mut n = 0;
-    let mut cached = 0;
-    loop {
-        match rx.recv().await {
-            Some(Progress::Cached(c)) => cached = c,
-            Some(Progress::Tokens(t)) => n = t,
-            Some(Progress::Done) => break,
-            None => {
-                return (StatusCode::SERVICE_UNAVAILABLE, "the engine stopped").into_response();
-            }
-        }
-    }
-    let text: String = (0..n).map(token_text).collect();
-    let usage = usage_of(prompt_tokens, n, cached);
-    let body = match api {
-        Api::Completions => json!({
-            "id": rid, "object": "text_completion", "created": created(), "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": "length"}],
-            "usage": usage,
-        }),
-        Api::Chat => json!({
-            "id": rid, "object": "chat.completion", "created": created(), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}],
-            "usage": usage,
-        }),
-    };
-    axum::Json(body).into_response()
 }
 
-fn chunk(rid: &str, model: &str, api: Api, from: u32, to: u32, finish: bool) -> Value {
+/// A request whose choices are all submitted.
+struct Started {
+    head: Head,
+    choices: Vec<Choice>,
+    stream: bool,
+    /// A stream ends with `usage` (`stream_options.include_usage`).
+    usage_in_stream: bool,
+}
+
+async fn generate(em: Emulator, body: Bytes, api: Api) -> Response {
+    match start(&em, &body, api) {
+        Ok(s) if s.stream => stream_response(s.head, s.choices, s.usage_in_stream),
+        Ok(s) => whole_response(s.head, s.choices).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Parses a request and submits every choice of every prompt (`n` per prompt, in the order of
+/// their indexes).
+fn start(em: &Emulator, body: &Bytes, api: Api) -> Result<Started, ApiError> {
+    let p = parse(body, api)?;
+    let adapter = (p.model != em.config().model).then_some(p.model.as_str());
+    let mut choices = Vec::new();
+    let mut prompt_tokens = 0;
+    let mut first = None;
+    for prompt in &p.prompts {
+        let ids = match prompt {
+            Prompt::Text(text) => em.tokenize(text)?,
+            Prompt::Tokens(ids) => ids.clone(),
+        };
+        for j in 0..p.n {
+            let (seq, tokens, rx) = em.submit_ids(ids.clone(), p.max_tokens, adapter)?;
+            first.get_or_insert(seq);
+            if j == 0 {
+                prompt_tokens += tokens;
+            }
+            choices.push(Choice {
+                rx,
+                counts_prompt: j == 0,
+            });
+        }
+    }
+    let prefix = match api {
+        Api::Completions => "cmpl",
+        Api::Chat => "chatcmpl",
+    };
+    let head = Head {
+        rid: em.response_id(prefix, first.unwrap_or_default()),
+        model: p.model.clone(),
+        api,
+        prompt_tokens,
+    };
+    Ok(Started {
+        head,
+        choices,
+        stream: p.stream,
+        usage_in_stream: p.usage_in_stream,
+    })
+}
+
+async fn whole_response(head: Head, choices: Vec<Choice>) -> Response {
+    let (mut completion, mut cached) = (0, 0);
+    let mut out = Vec::with_capacity(choices.len());
+    for (index, mut choice) in choices.into_iter().enumerate() {
+        let mut n = 0;
+        loop {
+            match choice.rx.recv().await {
+                Some(Progress::Cached(c)) if choice.counts_prompt => cached += c,
+                Some(Progress::Cached(_)) => {}
+                Some(Progress::Tokens(t)) => n = t,
+                Some(Progress::Done) => break,
+                None => {
+                    return ApiError {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        kind: "ServiceUnavailableError",
+                        message: "the engine stopped".into(),
+                    }
+                    .into_response();
+                }
+            }
+        }
+        completion += n;
+        let text: String = (0..n).map(token_text).collect();
+        out.push(match head.api {
+            Api::Completions => {
+                json!({"index": index, "text": text, "logprobs": null, "finish_reason": "length"})
+            }
+            Api::Chat => json!({"index": index, "logprobs": null, "finish_reason": "length",
+                                "message": {"role": "assistant", "content": text}}),
+        });
+    }
+    let object = match head.api {
+        Api::Completions => "text_completion",
+        Api::Chat => "chat.completion",
+    };
+    axum::Json(json!({
+        "id": head.rid, "object": object, "created": created(), "model": head.model,
+        "choices": out,
+        "usage": usage_of(head.prompt_tokens, completion, cached),
+    }))
+    .into_response()
+}
+
+/// A streamed chunk of choice `index`: tokens `from..to`, and the finish reason when `finish`.
+fn chunk(head: &Head, index: usize, from: u32, to: u32, finish: bool) -> Value {
     let text: String = (from..to).map(token_text).collect();
     let reason = if finish { json!("length") } else { Value::Null };
-    match api {
+    match head.api {
         Api::Completions => json!({
-            "id": rid, "object": "text_completion", "created": created(), "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": reason}],
+            "id": head.rid, "object": "text_completion", "created": created(), "model": head.model,
+            "choices": [{"index": index, "text": text, "logprobs": null, "finish_reason": reason}],
         }),
         Api::Chat => {
-            let delta = if from == 0 {
+            let delta = if from == 0 && !finish {
                 json!({"role": "assistant", "content": text})
             } else {
                 json!({"content": text})
             };
             json!({
-                "id": rid, "object": "chat.completion.chunk", "created": created(), "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": reason}],
+                "id": head.rid, "object": "chat.completion.chunk", "created": created(), "model": head.model,
+                "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": reason}],
             })
         }
     }
@@ -276,66 +266,92 @@ fn sse(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 
-fn stream_response(
-    rx: tokio::sync::mpsc::UnboundedReceiver<Progress>,
-    rid: String,
-    model: String,
-    api: Api,
-    prompt_tokens: u32,
+/// Where a streamed response stands.
+struct Streaming {
+    head: Head,
+    events: futures::stream::SelectAll<BoxStream<'static, (usize, Progress)>>,
+    sent: Vec<u32>,
+    cached: Vec<u32>,
+    counts_prompt: Vec<bool>,
+    done: Vec<bool>,
     usage: bool,
-) -> Response {
-    struct St {
-        rx: tokio::sync::mpsc::UnboundedReceiver<Progress>,
-        sent: u32,
-        cached: u32,
-        done: bool,
-    }
-    let st = St {
-        rx,
-        sent: 0,
-        cached: 0,
-        done: false,
-    };
-    let events = stream::unfold(st, move |mut st| {
-        let (rid, model) = (rid.clone(), model.clone());
-        async move {
-            if st.done {
-                return None;
+    over: bool,
+}
+
+impl Streaming {
+    /// The bytes one event of choice `i` (or the end of all, `None`) adds to the stream.
+    fn step(&mut self, event: Option<(usize, Progress)>) -> Vec<u8> {
+        let mut out = Vec::new();
+        match event {
+            Some((i, Progress::Tokens(n))) if n > self.sent[i] => {
+                // One event per token, as engines stream.
+                for t in self.sent[i]..n {
+                    out.extend_from_slice(&sse(&chunk(&self.head, i, t, t + 1, false)));
+                }
+                self.sent[i] = n;
             }
-            match st.rx.recv().await {
-                Some(Progress::Tokens(n)) if n > st.sent => {
-                    // One event per token, as engines stream.
-                    let mut out = Vec::new();
-                    for i in st.sent..n {
-                        out.extend_from_slice(&sse(&chunk(&rid, &model, api, i, i + 1, false)));
-                    }
-                    st.sent = n;
-                    Some((Ok::<_, std::io::Error>(Bytes::from(out)), st))
-                }
-                Some(Progress::Tokens(_)) => Some((Ok(Bytes::new()), st)),
-                Some(Progress::Cached(c)) => {
-                    st.cached = c;
-                    Some((Ok(Bytes::new()), st))
-                }
-                Some(Progress::Done) | None => {
-                    st.done = true;
-                    let mut out = sse(&chunk(&rid, &model, api, st.sent, st.sent, true)).to_vec();
-                    if usage {
-                        let mut u = chunk(&rid, &model, api, 0, 0, false);
-                        u["choices"] = json!([]);
-                        u["usage"] = usage_of(prompt_tokens, st.sent, st.cached);
-                        out.extend_from_slice(&sse(&u));
-                    }
-                    out.extend_from_slice(b"data: [DONE]\n\n");
-                    Some((Ok(Bytes::from(out)), st))
-                }
-            }
+            Some((_, Progress::Tokens(_))) => {}
+            Some((i, Progress::Cached(c))) => self.cached[i] = c,
+            Some((i, Progress::Done)) => self.finish(i, &mut out),
+            None => (0..self.done.len()).for_each(|i| self.finish(i, &mut out)),
         }
+        if !self.over && self.done.iter().all(|d| *d) {
+            self.over = true;
+            if self.usage {
+                let mut u = chunk(&self.head, 0, 0, 0, false);
+                u["choices"] = json!([]);
+                let cached = (0..self.cached.len())
+                    .filter(|i| self.counts_prompt[*i])
+                    .map(|i| self.cached[i])
+                    .sum();
+                u["usage"] = usage_of(self.head.prompt_tokens, self.sent.iter().sum(), cached);
+                out.extend_from_slice(&sse(&u));
+            }
+            out.extend_from_slice(b"data: [DONE]\n\n");
+        }
+        out
+    }
+
+    fn finish(&mut self, i: usize, out: &mut Vec<u8>) {
+        if !self.done[i] {
+            self.done[i] = true;
+            let sent = self.sent[i];
+            out.extend_from_slice(&sse(&chunk(&self.head, i, sent, sent, true)));
+        }
+    }
+}
+
+fn stream_response(head: Head, choices: Vec<Choice>, usage: bool) -> Response {
+    let count = choices.len();
+    let counts_prompt = choices.iter().map(|c| c.counts_prompt).collect();
+    let events = futures::stream::select_all(choices.into_iter().enumerate().map(|(i, c)| {
+        futures::stream::unfold(c.rx, move |mut rx| async move {
+            rx.recv().await.map(|p| ((i, p), rx))
+        })
+        .boxed()
+    }));
+    let st = Streaming {
+        head,
+        events,
+        sent: vec![0; count],
+        cached: vec![0; count],
+        counts_prompt,
+        done: vec![false; count],
+        usage,
+        over: false,
+    };
+    let body = futures::stream::unfold(st, |mut st| async move {
+        if st.over {
+            return None;
+        }
+        let event = st.events.next().await;
+        let bytes = st.step(event);
+        Some((Ok::<_, std::io::Error>(Bytes::from(bytes)), st))
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(events))
+        .body(Body::from_stream(body))
         .expect("static headers are valid")
 }
 

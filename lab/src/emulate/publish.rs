@@ -143,9 +143,10 @@ pub(super) async fn start(
     ))
 }
 
-/// Encodes one batch of `events` (vLLM's array form) at `ts`.
+/// Encodes one batch of `events` at `ts` as current vLLM does (an array batch of tagged-map
+/// events), which the agent and vLLM's router both read.
 pub(super) fn batch(ts: f64, events: &[WireEvent]) -> Vec<u8> {
-    encode_batch(ts, events, Some(0), Form::Array)
+    encode_batch(ts, events, Some(0), Form::ArrayOfMaps)
 }
 
 async fn serve(

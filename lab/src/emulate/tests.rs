@@ -1,3 +1,9 @@
+//! The emulator's expositions and HTTP API; [`fidelity`] holds the tests of the OpenAI API's
+//! finer points, [`peers`] those of the endpoints other routers read.
+
+mod fidelity;
+mod peers;
+
 use std::collections::HashMap;
 
 use super::*;
@@ -301,6 +307,16 @@ struct Server {
     base: String,
 }
 
+impl Server {
+    fn emulator(&self) -> &Emulator {
+        &self
+            .running
+            .as_ref()
+            .expect("running until dropped")
+            .emulator
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         drop(self.running.take());
@@ -408,7 +424,9 @@ async fn models_metrics_and_errors() {
         .unwrap();
     assert_eq!(r.status(), 404);
     let err: Value = r.json().await.unwrap();
-    assert!(err["message"].as_str().unwrap().contains("nope"));
+    assert!(err["error"]["message"].as_str().unwrap().contains("nope"));
+    assert_eq!(err["error"]["type"], "NotFoundError");
+    assert_eq!(err["error"]["code"], 404);
     let r = client
         .post(format!("{}/v1/chat/completions", s.base))
         .json(&json!({"model": "sql-lora", "messages": [], "max_tokens": 3}))

@@ -308,12 +308,13 @@ fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Dura
 /// A workload that could not be loaded; the message names the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
-    /// Not a built-in name, and no such file.
+    /// Not a built-in name, and no such file. The I/O error is part of the message, not a
+    /// source, so that a report of the error chain says it once.
     #[error(
         "workload {0:?}: neither a built-in ({builtins}) nor a readable file: {1}",
         builtins = BUILTIN.join(", ")
     )]
-    NotFound(String, #[source] std::io::Error),
+    NotFound(String, std::io::Error),
     /// The file is not valid YAML for the format.
     #[error("{file}: {path}: {message}")]
     Parse {

@@ -285,3 +285,15 @@ fn bad_conversation_and_document_settings_are_named() {
     ));
     assert!(err.contains("classes[0].conversation.turns"), "{err}");
 }
+
+#[test]
+fn a_missing_workload_file_is_reported_once_with_the_builtins() {
+    let err = Workload::load("no-such-workload.yaml").unwrap_err();
+    let chain = format!("{:#}", anyhow::Error::from(err));
+    assert_eq!(
+        chain.matches("No such file or directory").count(),
+        1,
+        "{chain}"
+    );
+    assert!(chain.contains("shared-prefix"), "{chain}");
+}

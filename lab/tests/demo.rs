@@ -1,0 +1,102 @@
+//! The demo on loopback: `--keep` serves a fresh fleet per policy at OpenAI base URLs, and a short
+//! comparison reports each policy's run and the exact rate it drove.
+
+use std::time::Duration;
+
+use inferpick_lab::demo::{self, DEMO_MODEL, DemoConfig, GatewayKind, report};
+use inferpick_lab::workload::Workload;
+use serde_json::{Value, json};
+
+fn config(duration: Duration, load: f64) -> DemoConfig {
+    DemoConfig {
+        pods: 1,
+        duration,
+        load,
+        workload: Workload::parse(demo::DEMO_WORKLOAD, "demo.yaml").unwrap(),
+        seed: 1,
+        gateway: GatewayKind::Builtin,
+        kv_events: false,
+        keep_records: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_serves_a_fresh_fleet_per_policy_at_openai_base_urls() {
+    let kept = demo::keep(&config(Duration::ZERO, 0.8), |_| {})
+        .await
+        .unwrap();
+    let policies: Vec<&str> = kept.iter().map(|k| k.policy).collect();
+    assert_eq!(policies, demo::POLICIES);
+    assert_ne!(kept[0].fleet.picker, kept[1].fleet.picker);
+    let urls = report::urls(&kept);
+    let client = reqwest::Client::new();
+    for (i, k) in kept.iter().enumerate() {
+        let base = format!("http://{}/v1", k.gateway.addr());
+        let line = format!("  {:<12} {base}   ", k.policy);
+        assert_eq!(
+            urls.matches(&format!("  {} ", k.policy)).count(),
+            1,
+            "{urls}"
+        );
+        assert!(urls.contains(&line), "{urls}");
+        let r: Value = client
+            .post(format!("{base}/chat/completions"))
+            .json(&json!({"model": DEMO_MODEL, "max_tokens": 2,
+                          "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["choices"][0]["message"]["content"], "Hello world", "{r}");
+        // Only this policy's fleet served it: the fleets share no engine.
+        let served = |j: usize| -> u64 {
+            kept[j]
+                .fleet
+                .emulators
+                .iter()
+                .map(|e| e.emulator.state().counters.finished)
+                .sum()
+        };
+        assert_eq!(served(i), 1, "policy {}", k.policy);
+        if i == 0 {
+            assert_eq!(served(1), 0, "the other fleet is untouched");
+        }
+    }
+    for k in kept {
+        drop(k.gateway);
+        k.fleet.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_demo_reports_each_run_and_the_exact_rate() {
+    let config = config(Duration::from_secs(2), 0.5);
+    let outcome = demo::run(&config, |_| {}).await.unwrap();
+    let expected = 0.5 * demo::capacity_per_pod(&config.workload, 1);
+    assert_eq!(outcome.rate, expected);
+    let text = report::text(&config, &outcome);
+    assert!(text.contains(&format!("→ {expected} requests/s")), "{text}");
+    let doc = serde_json::to_value(report::json(&config, &outcome)).unwrap();
+    assert_eq!(doc["rate"], json!(expected));
+    assert_eq!(doc["results"].as_array().unwrap().len(), 2);
+    for run in doc["runs"].as_array().unwrap() {
+        let requests = run["requests"].as_u64().unwrap();
+        assert!(requests > 0, "{run}");
+        // On a loaded machine the picker may refuse a few (its endpoint's report came late).
+        let (completed, failed) = (
+            run["completed"].as_u64().unwrap(),
+            run["failed"].as_u64().unwrap(),
+        );
+        assert!(completed > 0 && completed + failed == requests, "{run}");
+        assert!(run["ttft_ms"]["mean"].as_f64().unwrap() > 0.0, "{run}");
+        assert!(run["e2e_ms"]["p90"].as_f64().unwrap() > 0.0, "{run}");
+        assert_eq!(
+            run["records"].as_array().unwrap().len() as u64,
+            requests,
+            "{run}"
+        );
+    }
+    assert!(doc["verdict"].as_str().unwrap().starts_with("inferpick "));
+}
