@@ -162,6 +162,15 @@ impl Fleet {
     /// Starts pickers, emulators and agents, and waits until every picker has a ready entry for
     /// every emulated endpoint.
     pub async fn start(spec: FleetSpec) -> anyhow::Result<Self> {
+        Self::start_with_adapters(spec, &[]).await
+    }
+
+    /// [`Fleet::start`], where pod `i` also serves the LoRA adapters `adapters[i]` of its model
+    /// (listed in its `/v1/models`, so the picker routes them to it alone).
+    pub async fn start_with_adapters(
+        spec: FleetSpec,
+        adapters: &[Vec<String>],
+    ) -> anyhow::Result<Self> {
         let dir = ScratchDir::new("fleet")?;
         let config = dir.write("picker.yaml", &spec.picker_config)?;
         let mut pickers = Vec::new();
@@ -196,12 +205,12 @@ impl Fleet {
 
         let mut engines = Vec::new();
         let mut agents = Vec::new();
-        for pod in &spec.pods {
+        for (i, pod) in spec.pods.iter().enumerate() {
             let emulator = Emulator::new(EmulatorConfig {
                 tokenizer: inferpick_lab::tokenizer::builtin(),
                 kind: pod.engine,
                 model: pod.model.clone(),
-                adapters: Vec::new(),
+                adapters: adapters.get(i).cloned().unwrap_or_default(),
                 engine: spec.engine.clone(),
             });
             let mut agent_args = pod.agent_args.clone();

@@ -84,6 +84,39 @@ pub const WRK: Tool = Tool {
     install: "apt-get install -y wrk",
 };
 
+/// nginx's JavaScript module (njs), a file `load_module` names: `INFERPICK_NGINX_NJS_MODULE`, else
+/// where Debian's `libnginx-mod-http-js` and nginx.org's `nginx-module-njs` put it. `None` (after
+/// [`skip`]) when it is not installed.
+pub fn nginx_njs_module(test: &str) -> Option<PathBuf> {
+    const ENV: &str = "INFERPICK_NGINX_NJS_MODULE";
+    const INSTALL: &str = "apt-get install -y --no-install-recommends libnginx-mod-http-js";
+    if let Some(explicit) = std::env::var_os(ENV).filter(|v| !v.is_empty()) {
+        let explicit = PathBuf::from(explicit);
+        assert!(
+            explicit.is_file(),
+            "{test}: {ENV}={} is not a file",
+            explicit.display()
+        );
+        return Some(explicit);
+    }
+    let found = [
+        "/usr/lib/nginx/modules/ngx_http_js_module.so",
+        "/etc/nginx/modules/ngx_http_js_module.so",
+        "/usr/lib64/nginx/modules/ngx_http_js_module.so",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file());
+    if found.is_none() {
+        skip(
+            test,
+            &format!("nginx's njs module not found ({ENV})"),
+            INSTALL,
+        );
+    }
+    found
+}
+
 /// Whether missing programs fail tests instead of skipping them (`INFERPICK_REQUIRE_E2E=1`).
 pub fn e2e_required() -> bool {
     std::env::var("INFERPICK_REQUIRE_E2E").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
