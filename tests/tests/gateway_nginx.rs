@@ -1,86 +1,63 @@
 //! Real nginx with `deploy/gateways/nginx/` in front of a fleet: `auth_request` asks the picker,
-//! `proxy_pass` follows its choice, refusals reach the client, and the picker going away is handled
-//! as the config says (fail open or closed).
+//! `proxy_pass` follows its choice, refusals reach the client as OpenAI errors, and the picker
+//! going away is handled as the config says (fail open or closed).
 
 #[path = "gateways/common.rs"]
 mod common;
+#[path = "gateways/nginx.rs"]
+mod nginx;
 
 use std::net::SocketAddr;
 
 use common::*;
-use inferpick_tests::tool::NGINX;
-use inferpick_tests::{ChildGuard, free_port};
+use nginx::{Asks, openai_error, openai_error_body, start_nginx};
 
-fn start_nginx(s: &Setup, failure: Failure) -> Option<(ChildGuard, SocketAddr)> {
-    let nginx = NGINX.or_skip("gateway_nginx")?;
-    let prefix = s.dir.path().to_path_buf();
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
-        .parse()
-        .unwrap();
-    let fallback: String = s
-        .endpoints()
-        .iter()
-        .map(|e| format!("server {e}; "))
-        .collect();
-    let file = match failure {
-        Failure::Open => "nginx-fail-open.conf",
-        Failure::Closed => "nginx-fail-closed.conf",
-    };
-    let vars = [
-        ("PREFIX", prefix.display().to_string()),
-        ("LISTEN", listen.to_string()),
-        ("PICKER", s.picker.addr.to_string()),
-        ("FALLBACK_SERVERS", fallback),
-    ];
-    s.dir
-        .write(file, render(&gateway_file(&format!("nginx/{file}")), &vars))
-        .unwrap();
-    s.dir
-        .write(
-            "inferpick-locations.conf",
-            gateway_file("nginx/inferpick-locations.conf"),
-        )
-        .unwrap();
-    let conf = prefix.join(file);
-    let child = ChildGuard::spawn(
-        "nginx",
-        command(
-            &nginx,
-            &[
-                "-p",
-                prefix.to_str().unwrap(),
-                "-c",
-                conf.to_str().unwrap(),
-                "-g",
-                "daemon off;",
-            ],
-        ),
-        &prefix,
-    )
-    .unwrap();
-    Some((child, listen))
-}
+const TEST: &str = "gateway_nginx";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_fail_open_routes_streams_sheds_and_survives_the_picker() {
     let mut s = setup().await;
-    let Some((mut nginx, addr)) = start_nginx(&s, Failure::Open) else {
+    let Some((_nginx, addr)) = start_nginx(&s, TEST, Asks::AuthRequest, Failure::Open).await else {
         return;
     };
-    wait_for_port(addr, &mut nginx).await;
     routes_where_the_picker_says(&s, addr).await;
     streams_intact(&s, addr).await;
     in_flight_closes_when_streams_end(&s, addr, "http").await;
+    unknown_model_is_an_openai_error(&s, addr).await;
     survives_the_picker_going_away(&mut s, addr, Failure::Open).await;
-    sheds_only_sheddable_work_when_saturated(&s, addr).await;
+    let shed = openai_error_body(&sheds_only_sheddable_work_when_saturated(&s, addr).await);
+    assert_eq!(shed["type"], "rate_limit_error", "{shed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_fail_closed_refuses_while_the_picker_is_down() {
     let mut s = setup().await;
-    let Some((mut nginx, addr)) = start_nginx(&s, Failure::Closed) else {
+    let Some((_nginx, addr)) = start_nginx(&s, TEST, Asks::AuthRequest, Failure::Closed).await
+    else {
         return;
     };
-    wait_for_port(addr, &mut nginx).await;
     survives_the_picker_going_away(&mut s, addr, Failure::Closed).await;
+}
+
+/// A model no pod serves, named in x-gateway-model-name: 404 as an OpenAI error with the
+/// config's fixed message (auth_request cannot pass on the picker's own).
+async fn unknown_model_is_an_openai_error(s: &Setup, gateway: SocketAddr) {
+    let resp = s
+        .http
+        .post(format!("http://{gateway}/v1/completions"))
+        .header("x-gateway-model-name", "no-such-model")
+        .json(&serde_json::json!({"model": "no-such-model", "prompt": "hi", "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let error = openai_error(resp).await;
+    assert_eq!(error["code"], "unknown_model", "{error}");
+    assert_eq!(error["type"], "invalid_request_error", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("x-gateway-model-name")),
+        "{error}"
+    );
 }

@@ -111,6 +111,11 @@ pub struct Setup {
 const PICKER_CONFIG: &str = "saturation: { queue_depth_threshold: 1, kv_cache_threshold: 0.8 }\n";
 
 pub async fn setup() -> Setup {
+    setup_with_adapters(&[]).await
+}
+
+/// [`setup`], where pod `i` also serves the LoRA adapters `adapters[i]`.
+pub async fn setup_with_adapters(adapters: &[Vec<String>]) -> Setup {
     let dir = ScratchDir::new("gateway").unwrap();
     let picker = Picker::start(&dir, PICKER_CONFIG).await;
     let pod = |engine| PodSpec {
@@ -120,21 +125,24 @@ pub async fn setup() -> Setup {
         agent_args: Vec::new(),
         kv_events: false,
     };
-    let fleet = Fleet::start(FleetSpec {
-        pods: vec![
-            pod(EngineKind::Vllm),
-            pod(EngineKind::Sglang),
-            pod(EngineKind::Vllm),
-        ],
-        picker_config: PICKER_CONFIG.into(),
-        // One sequence at a time, so a few long requests make a queue.
-        engine: EngineConfig {
-            max_num_seqs: 2,
-            ..EngineConfig::default()
+    let fleet = Fleet::start_with_adapters(
+        FleetSpec {
+            pods: vec![
+                pod(EngineKind::Vllm),
+                pod(EngineKind::Sglang),
+                pod(EngineKind::Vllm),
+            ],
+            picker_config: PICKER_CONFIG.into(),
+            // One sequence at a time, so a few long requests make a queue.
+            engine: EngineConfig {
+                max_num_seqs: 2,
+                ..EngineConfig::default()
+            },
+            extra_push_targets: vec![format!("http://{}", picker.addr)],
+            ..FleetSpec::default()
         },
-        extra_push_targets: vec![format!("http://{}", picker.addr)],
-        ..FleetSpec::default()
-    })
+        adapters,
+    )
     .await
     .unwrap();
     let http = reqwest::Client::builder()
@@ -304,7 +312,8 @@ pub async fn streams_intact(s: &Setup, gateway: SocketAddr) {
 }
 
 /// With every endpoint queueing, priority −1 is shed with 429 and Retry-After, priority 0 is served.
-pub async fn sheds_only_sheddable_work_when_saturated(s: &Setup, gateway: SocketAddr) {
+/// Returns the 429's body.
+pub async fn sheds_only_sheddable_work_when_saturated(s: &Setup, gateway: SocketAddr) -> String {
     // Fill every engine: two running and two waiting long requests each, sent straight to them.
     let mut background = Vec::new();
     for endpoint in s.endpoints() {
@@ -350,6 +359,7 @@ pub async fn sheds_only_sheddable_work_when_saturated(s: &Setup, gateway: Socket
     let code = error["error"].get("code").unwrap_or(&error["error"]);
     assert_eq!(code, "shed", "{body}");
     assert!(retry.is_some(), "429 without Retry-After");
+    let shed = body;
     let (status, body, _) = s
         .complete(gateway, &[("x-inferpick-priority", "0")], 1, false)
         .await;
@@ -357,6 +367,7 @@ pub async fn sheds_only_sheddable_work_when_saturated(s: &Setup, gateway: Socket
     for b in background {
         b.abort();
     }
+    shed
 }
 
 /// Picker down: fail open (served by a model server) or closed (503); back up: routed again.
