@@ -1,10 +1,11 @@
 //! Added latency of each gateway path: the same gateway in front of the same fleet, once asking
-//! the picker (nginx auth_request, Envoy ext_authz, Envoy ext_proc) and once proxying straight to
-//! one model server, measured in the same run with the two interleaved.
+//! the picker (nginx auth_request, nginx njs, Envoy ext_authz, Envoy ext_proc) and once proxying
+//! straight to one model server, measured in the same run with the two interleaved.
 //!
-//! `cargo bench -p inferpick-tests --bench gateways` (needs nginx and Envoy; a missing one is
-//! skipped with one line). The upstream call is `GET /v1/models`, which the emulated server
-//! answers at once, so the figures are the gateway's and the picker's work, not the engine's.
+//! `cargo bench -p inferpick-tests --bench gateways` (needs nginx, its njs module and Envoy; a
+//! missing one is skipped with one line). The upstream call is `GET /v1/models`, which the
+//! emulated server answers at once, so the figures are the gateway's and the picker's work, not
+//! the engine's.
 
 #[path = "../tests/gateways/common.rs"]
 mod common;
@@ -13,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use inferpick_tests::tool::{ENVOY, NGINX};
+use inferpick_tests::tool::{ENVOY, NGINX, nginx_njs_module};
 use inferpick_tests::{ChildGuard, free_port};
 
 const ROUNDS: usize = 2000;
@@ -25,8 +26,17 @@ struct Path {
     _children: Vec<ChildGuard>,
 }
 
-fn nginx(s: &Setup, nginx: &std::path::Path) -> Path {
-    let prefix = s.dir.path().join("nginx");
+/// nginx with `deploy/gateways/nginx/<file>` (and the files it includes) on one port and a plain
+/// proxy to one model server on another. `njs_module` fills `{{NJS_MODULE}}` for the njs config.
+fn nginx(
+    s: &Setup,
+    nginx: &std::path::Path,
+    name: &'static str,
+    file: &str,
+    includes: &[&str],
+    njs_module: Option<&std::path::Path>,
+) -> Path {
+    let prefix = s.dir.path().join(file.trim_end_matches(".conf"));
     std::fs::create_dir_all(&prefix).unwrap();
     let via: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
         .parse()
@@ -34,13 +44,23 @@ fn nginx(s: &Setup, nginx: &std::path::Path) -> Path {
     let direct: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
         .parse()
         .unwrap();
-    let vars = [
+    let template = gateway_file(&format!("nginx/{file}"));
+    let vars: Vec<(&str, String)> = [
+        (
+            "NJS_MODULE",
+            njs_module
+                .map(|m| m.display().to_string())
+                .unwrap_or_default(),
+        ),
         ("PREFIX", prefix.display().to_string()),
         ("LISTEN", via.to_string()),
         ("PICKER", s.picker.addr.to_string()),
         ("FALLBACK_SERVERS", format!("server {};", s.endpoints()[0])),
-    ];
-    let mut conf = render(&gateway_file("nginx/nginx-fail-open.conf"), &vars);
+    ]
+    .into_iter()
+    .filter(|(k, _)| template.contains(&format!("{{{{{k}}}}}")))
+    .collect();
+    let mut conf = render(&template, &vars);
     // The same nginx also serves the baseline: a plain proxy to one model server.
     let baseline = format!(
         "    upstream baseline {{ server {}; keepalive 16; }}\n    server {{\n        listen {direct};\n        \
@@ -50,11 +70,13 @@ fn nginx(s: &Setup, nginx: &std::path::Path) -> Path {
     let end = conf.rfind('}').unwrap();
     conf.replace_range(end.., &baseline);
     std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
-    std::fs::write(
-        prefix.join("inferpick-locations.conf"),
-        gateway_file("nginx/inferpick-locations.conf"),
-    )
-    .unwrap();
+    for include in includes {
+        std::fs::write(
+            prefix.join(include),
+            gateway_file(&format!("nginx/{include}")),
+        )
+        .unwrap();
+    }
     let child = ChildGuard::spawn(
         "nginx",
         command(
@@ -72,7 +94,7 @@ fn nginx(s: &Setup, nginx: &std::path::Path) -> Path {
     )
     .unwrap();
     Path {
-        name: "nginx auth_request",
+        name,
         via_picker: via,
         direct,
         _children: vec![child],
@@ -183,7 +205,24 @@ async fn main() {
     let s = setup().await;
     let mut paths = Vec::new();
     if let Some(n) = NGINX.or_skip("gateways bench") {
-        paths.push(nginx(&s, &n));
+        paths.push(nginx(
+            &s,
+            &n,
+            "nginx auth_request",
+            "nginx-fail-open.conf",
+            &["inferpick-locations.conf"],
+            None,
+        ));
+        if let Some(module) = nginx_njs_module("gateways bench") {
+            paths.push(nginx(
+                &s,
+                &n,
+                "nginx njs",
+                "nginx-njs-fail-open.conf",
+                &["inferpick-njs-locations.conf", "inferpick.js"],
+                Some(&module),
+            ));
+        }
     }
     if let Some(e) = ENVOY.or_skip("gateways bench") {
         paths.push(envoy(
