@@ -10,7 +10,7 @@ mod nginx;
 use std::net::SocketAddr;
 
 use common::*;
-use nginx::{Asks, openai_error, openai_error_body, start_nginx};
+use nginx::{Asks, openai_error, openai_error_body, picker_down_is_an_openai_503, start_nginx};
 
 const TEST: &str = "gateway_nginx";
 
@@ -30,17 +30,18 @@ async fn nginx_fail_open_routes_streams_sheds_and_survives_the_picker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nginx_fail_closed_refuses_while_the_picker_is_down() {
+async fn nginx_fail_closed_refuses_as_openai_while_the_picker_is_down() {
     let mut s = setup().await;
     let Some((_nginx, addr)) = start_nginx(&s, TEST, Asks::AuthRequest, Failure::Closed).await
     else {
         return;
     };
+    picker_down_is_an_openai_503(&mut s, addr).await;
     survives_the_picker_going_away(&mut s, addr, Failure::Closed).await;
 }
 
-/// A model no pod serves, named in x-gateway-model-name: 404 as an OpenAI error with the
-/// config's fixed message (auth_request cannot pass on the picker's own).
+/// A model no pod serves, named in x-gateway-model-name: 404 as an OpenAI error carrying the
+/// picker's message, which names the model.
 async fn unknown_model_is_an_openai_error(s: &Setup, gateway: SocketAddr) {
     let resp = s
         .http
@@ -53,11 +54,11 @@ async fn unknown_model_is_an_openai_error(s: &Setup, gateway: SocketAddr) {
     assert_eq!(resp.status(), 404);
     let error = openai_error(resp).await;
     assert_eq!(error["code"], "unknown_model", "{error}");
-    assert_eq!(error["type"], "invalid_request_error", "{error}");
+    assert_eq!(error["type"], "not_found_error", "{error}");
     assert!(
         error["message"]
             .as_str()
-            .is_some_and(|m| m.contains("x-gateway-model-name")),
+            .is_some_and(|m| m.contains("\"no-such-model\"")),
         "{error}"
     );
 }

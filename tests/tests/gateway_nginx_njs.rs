@@ -12,7 +12,7 @@ mod nginx;
 use std::net::SocketAddr;
 
 use common::*;
-use nginx::{Asks, openai_error, openai_error_body, start_nginx};
+use nginx::{Asks, openai_error, openai_error_body, picker_down_is_an_openai_503, start_nginx};
 use serde_json::json;
 
 const TEST: &str = "gateway_nginx_njs";
@@ -50,21 +50,7 @@ async fn njs_fail_closed_refuses_as_openai_while_the_picker_is_down() {
     let Some((_nginx, addr)) = start_nginx(&s, TEST, Asks::Njs, Failure::Closed).await else {
         return;
     };
-    s.picker.kill().await;
-    let resp = post(
-        &s,
-        addr,
-        &json!({"model": MODEL, "prompt": "hi", "max_tokens": 1}),
-    )
-    .await;
-    assert_eq!(resp.status(), 503);
-    assert!(
-        resp.headers().contains_key("retry-after"),
-        "503 without Retry-After"
-    );
-    let error = openai_error(resp).await;
-    assert_eq!(error["code"], "no_ready_endpoint", "{error}");
-    assert_eq!(error["type"], "server_error", "{error}");
+    picker_down_is_an_openai_503(&mut s, addr).await;
     survives_the_picker_going_away(&mut s, addr, Failure::Closed).await;
 }
 
@@ -153,7 +139,7 @@ async fn unknown_model_is_an_openai_error_with_the_pickers_message(s: &Setup, ga
     assert_eq!(resp.status(), 404);
     let error = openai_error(resp).await;
     assert_eq!(error["code"], "unknown_model", "{error}");
-    assert_eq!(error["type"], "invalid_request_error", "{error}");
+    assert_eq!(error["type"], "not_found_error", "{error}");
     assert!(
         error["message"]
             .as_str()

@@ -6,43 +6,29 @@
 // picker through the internal location /_inferpick/authz and ends in one of three ways:
 //   - the picker chose: $inferpick_endpoint and $inferpick_decision are set and the request goes
 //     to @inferpick_endpoint (proxy_pass, then post_action closes the decision);
-//   - the picker refused (its JSON error: 404 unknown model, 429 shed, 503 nothing ready, 400...):
-//     the client gets the same status as an OpenAI error, Retry-After kept;
+//   - the picker refused (404 unknown model, 429 shed, 503 nothing ready, 400...): the client gets
+//     its answer, which /_inferpick/authz asks for in OpenAI's error shape, Retry-After kept;
 //   - the picker could not be asked (down, timed out, not the picker's answer): the request goes
 //     to @inferpick_picker_down, which the server block defines (fail open or closed).
 
-/** OpenAI's error `type` for a refusal's status (the SDKs pick their exception by status). */
-function errorType(status) {
-    if (status === 429) {
-        return 'rate_limit_error';
-    }
-    if (status >= 500) {
-        return 'server_error';
-    }
-    return 'invalid_request_error';
-}
-
-/** The picker's `{"error": CODE, "message": ...}`, or null when the body is not one. */
-function pickerError(body) {
+/** Whether `body` is the picker's refusal in OpenAI's shape (`{"error": {"message", "code"}}`). */
+function isRefusal(body) {
     try {
-        const e = JSON.parse(body);
-        if (e && typeof e.error === 'string' && typeof e.message === 'string') {
-            return e;
-        }
+        const e = JSON.parse(body).error;
+        return Boolean(e) && typeof e.message === 'string' && typeof e.code === 'string';
     } catch (_) {
         // Not JSON: nginx's own error page, so the picker was not the one answering.
+        return false;
     }
-    return null;
 }
 
-/** Answers `status` with the picker's refusal as `{"error": {"message", "type", "code"}}`. */
-function refuse(r, status, e, retryAfter) {
-    const body = {error: {message: e.message, type: errorType(status), code: e.error}};
+/** Answers `status` with an OpenAI error body, as JSON, Retry-After kept. */
+function refuse(r, status, body, retryAfter) {
     r.headersOut['Content-Type'] = 'application/json';
     if (retryAfter) {
         r.headersOut['Retry-After'] = retryAfter;
     }
-    r.return(status, JSON.stringify(body) + '\n');
+    r.return(status, body);
 }
 
 /** js_content of `location /`: ask the picker with the body, then route, refuse or fall back. */
@@ -51,7 +37,8 @@ async function route(r) {
     try {
         // The subrequest carries the client's headers (model, priority, objective, session,
         // subset) and, here, its body.
-        reply = await r.subrequest('/_inferpick/authz', {method: 'POST', body: r.requestText || ''});
+        const body = r.requestText || '';
+        reply = await r.subrequest('/_inferpick/authz', {method: 'POST', body});
     } catch (e) {
         r.error(`inferpick: asking the picker failed: ${e}`);
         r.internalRedirect('@inferpick_picker_down');
@@ -64,19 +51,23 @@ async function route(r) {
         r.internalRedirect('@inferpick_endpoint');
         return;
     }
-    const e = pickerError(reply.responseText);
-    if (e) {
-        refuse(r, reply.status, e, reply.headersOut['Retry-After']);
+    if (isRefusal(reply.responseText)) {
+        refuse(r, reply.status, reply.responseText, reply.headersOut['Retry-After']);
         return;
     }
     r.warn(`inferpick: the picker answered ${reply.status} without a decision: failing over`);
     r.internalRedirect('@inferpick_picker_down');
 }
 
-/** The picker-down 503 of the fail-closed config, in the same shape as the picker's refusals. */
+/** The picker-down 503 of the fail-closed config, in the shape of the picker's refusals. */
 function pickerDown(r) {
-    const e = {error: 'no_ready_endpoint', message: 'the inferpick picker cannot be reached'};
-    refuse(r, 503, e, '1');
+    const error = {
+        message: 'the inferpick picker cannot be reached',
+        type: 'server_error',
+        param: null,
+        code: 'no_ready_endpoint',
+    };
+    refuse(r, 503, JSON.stringify({error}) + '\n', '1');
 }
 
 export default {route, pickerDown};

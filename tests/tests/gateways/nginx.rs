@@ -99,8 +99,8 @@ pub async fn start_nginx(
     Some((child, listen))
 }
 
-/// The `error` object of an OpenAI error response (`{"error": {"message", "type", "code"}}`,
-/// `application/json`), which LLM clients show; panics on any other shape.
+/// The `error` object of an OpenAI error response (`{"error": {"message", "type", "param",
+/// "code"}}`, `application/json`), which LLM clients show; panics on any other shape.
 pub async fn openai_error(resp: reqwest::Response) -> serde_json::Value {
     let status = resp.status();
     let content_type = resp
@@ -116,11 +116,13 @@ pub async fn openai_error(resp: reqwest::Response) -> serde_json::Value {
     openai_error_body(&body)
 }
 
-/// The `error` object of an OpenAI error body; panics on any other shape.
+/// The `error` object of an OpenAI error body (`param` included, as OpenAI sends it); panics on
+/// any other shape.
 pub fn openai_error_body(body: &str) -> serde_json::Value {
     let json: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
     let error = &json["error"];
+    assert!(error.get("param").is_some(), "error.param missing: {body}");
     for field in ["message", "type", "code"] {
         assert!(
             error[field].as_str().is_some_and(|v| !v.is_empty()),
@@ -128,4 +130,25 @@ pub fn openai_error_body(body: &str) -> serde_json::Value {
         );
     }
     error.clone()
+}
+
+/// With the picker stopped, a fail-closed nginx answers 503 with Retry-After as an OpenAI error
+/// (`no_ready_endpoint`). The picker stays stopped.
+pub async fn picker_down_is_an_openai_503(s: &mut Setup, gateway: SocketAddr) {
+    s.picker.kill().await;
+    let resp = s
+        .http
+        .post(format!("http://{gateway}/v1/completions"))
+        .json(&serde_json::json!({"model": crate::common::MODEL, "prompt": "hi", "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(
+        resp.headers().contains_key("retry-after"),
+        "503 without Retry-After"
+    );
+    let error = openai_error(resp).await;
+    assert_eq!(error["code"], "no_ready_endpoint", "{error}");
+    assert_eq!(error["type"], "server_error", "{error}");
 }
