@@ -1,11 +1,14 @@
 //! The `openai` Python SDK, as an LLM client uses it, through every gateway path in front of a
-//! fleet: the lab's built-in gateway, Envoy with ext_proc and Envoy with ext_authz. A chat request
+//! fleet: the lab's built-in gateway, Envoy with ext_proc, Envoy with ext_authz and nginx with njs
+//! (nginx's `auth_request` cannot show the picker a model named only in the body). A chat request
 //! with content parts and a completion with a token-id prompt are served; an unknown model raises
 //! `NotFoundError` carrying the picker's message, and a shed request `RateLimitError` with the
 //! message and `Retry-After` — what the SDK can show only when the refusal is in OpenAI's shape.
 
 #[path = "gateways/common.rs"]
 mod common;
+#[path = "gateways/nginx.rs"]
+mod nginx;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -252,6 +255,21 @@ async fn openai_client_through_envoy_ext_authz() {
     };
     let s = setup().await;
     let Some((_envoy, addr)) = start_envoy(&s, test, "envoy-ext-authz", Failure::Closed).await
+    else {
+        return;
+    };
+    an_openai_client_sees_answers_and_refusals(&s, &python, addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_client_through_nginx_njs() {
+    let test = "openai_client_through_nginx_njs";
+    let Some(python) = openai_python(test) else {
+        return;
+    };
+    let s = setup().await;
+    let Some((_nginx, addr)) =
+        nginx::start_nginx(&s, test, nginx::Asks::Njs, Failure::Closed).await
     else {
         return;
     };
