@@ -103,6 +103,10 @@ settings! {
         /// at 1 a sustained load can make the backlog outgrow what endpoints actually hold.
         "cost.routed_prefill_drain_ratio" .routed_prefill_drain_ratio
             => Number::within(Incl(0.0), Incl(1.0));
+        /// Uncached prompt tokens are costed at 1 plus the pool's mean waiting requests times
+        /// their prefill time, that mean taken at most this: under queueing a cache miss delays
+        /// the requests behind it too, and keeping caches is keeping capacity. 0 costs them once.
+        "cost.miss_weight_max_waiting" .miss_weight_max_waiting => Number::NON_NEGATIVE;
         /// Time-to-first-token slowdown per running request (seconds): decode steps share the
         /// batch.
         "cost.seconds_per_running_request" .seconds_per_running_request => Number::NON_NEGATIVE;

@@ -399,7 +399,7 @@ fn the_cost_model_and_table_limits_come_from_the_file() {
     let file = write(
         &d,
         "p.yaml",
-        "cost:\n  default_prompt_tokens: 1024\n  chars_per_token: 3.5\n  prefill_floor_tokens_per_second: 12000\n  routed_prefill_drain_ratio: 0.5\n  seconds_per_running_request: 0.004\n  kv_pressure_seconds: 0.3\n  adapter_load_seconds: 0.2\n  adapter_slot_wait_seconds: 1\n  session_affinity_seconds: 0\n  prefix_imbalance_ratio: 2\n  prefix_imbalance_requests: 4\n  power_of_k: 3\n  near_best_ratio: 0.2\n  near_best_seconds: 0.01\n  scan_limit: 0\nlimits: { max_open_decisions: 5000, prefix_blocks_per_endpoint: 64 }\n",
+        "cost:\n  default_prompt_tokens: 1024\n  chars_per_token: 3.5\n  prefill_floor_tokens_per_second: 12000\n  routed_prefill_drain_ratio: 0.5\n  miss_weight_max_waiting: 2\n  seconds_per_running_request: 0.004\n  kv_pressure_seconds: 0.3\n  adapter_load_seconds: 0.2\n  adapter_slot_wait_seconds: 1\n  session_affinity_seconds: 0\n  prefix_imbalance_ratio: 2\n  prefix_imbalance_requests: 4\n  power_of_k: 3\n  near_best_ratio: 0.2\n  near_best_seconds: 0.01\n  scan_limit: 0\nlimits: { max_open_decisions: 5000, prefix_blocks_per_endpoint: 64 }\n",
     );
     let s = Settings::from_args(Args {
         config: Some(file),
@@ -411,6 +411,7 @@ fn the_cost_model_and_table_limits_come_from_the_file() {
         chars_per_token: 3.5,
         prefill_floor_tokens_per_second: 12_000.0,
         routed_prefill_drain_ratio: 0.5,
+        miss_weight_max_waiting: 2.0,
         seconds_per_running_request: 0.004,
         kv_pressure_seconds: 0.3,
         adapter_load_seconds: 0.2,

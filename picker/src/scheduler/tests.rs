@@ -1316,3 +1316,41 @@ fn exact_cached_tokens_keep_their_credit_past_the_imbalance_guard() {
         .unwrap();
     assert_eq!(&*pick.endpoint, "10.0.0.1:8000");
 }
+
+#[test]
+fn under_queueing_a_cached_history_outweighs_a_slightly_shorter_queue() {
+    use inferpick_schema::KvStreamState::Live;
+    use inferpick_schema::kv::{BASE_ROOT, block_keys};
+    // Every pod queues; the one holding the prompt's first 1,600 tokens queues 6 more. Costed
+    // once, those tokens (0.2 s at the 8,000 tokens/s floor) are worth less than 6 requests'
+    // prefill (0.38 s); weighed by the pool's queueing, keeping them wins.
+    let pods: Vec<LoadReport> = (1..=4)
+        .map(|i| {
+            pod(
+                &format!("10.0.0.{i}:8000"),
+                if i == 3 { 10 } else { 4 },
+                2,
+                0.2,
+            )
+        })
+        .collect();
+    let t = table(pods);
+    let prompt: Vec<u32> = (0..2048).collect();
+    let keys = block_keys(BASE_ROOT, &prompt, 16, 100);
+    t.ingest_kv(kv("10.0.0.3:8000", 0, keys, Live), NOW)
+        .unwrap();
+    let ask = PickRequest {
+        prompt_token_ids: Some(prompt),
+        ..req()
+    };
+    let weighed = |max: f64| {
+        let mut config = SchedulerConfig {
+            seed: Some(7),
+            ..SchedulerConfig::default()
+        };
+        config.cost.miss_weight_max_waiting = max;
+        Scheduler::new(Policy::Inferpick, config)
+    };
+    assert_eq!(pick(&weighed(4.0), &t, &ask), "10.0.0.3:8000");
+    assert_ne!(pick(&weighed(0.0), &t, &ask), "10.0.0.3:8000");
+}

@@ -1,11 +1,16 @@
 //! The `inferpick` profile: predicted seconds to first token on each endpoint, as of now.
 //!
-//! cost = (queued prefill tokens + this prompt's uncached tokens) / prefill throughput
+//! cost = (queued prefill tokens + w × this prompt's uncached tokens) / prefill throughput
 //!      + the prefill this picker routed there that is not plausibly done yet
 //!      + running requests × per-request batch slowdown
 //!      + a KV pressure term k/(1−k) that grows without bound as the cache fills
 //!      + an adapter penalty when the LoRA adapter is not loaded
 //!      − a session-affinity credit.
+//! The weight w is 1 plus the pool's mean waiting requests, at most `miss_weight_max_waiting`:
+//! under queueing a cache miss's prefill also delays every request queued behind it, and the
+//! cache it did not use is capacity the pool needs; without it a busy pool of multi-turn
+//! conversations moves them off the pods that hold their history as queues fluctuate, recomputes
+//! that history and overloads itself.
 //! Routed prefill drains at the throughput it was costed at, whatever reports arrive meanwhile (a
 //! report shows a routed request as one more running request, not the prefill it still carries),
 //! so a burst between two reports spreads instead of herding. Throughput is one figure for the pool,
@@ -37,6 +42,9 @@ pub struct CostModel {
     /// time. Below 1 because the throughput is measured over steps that also decode; at 1 or above
     /// a sustained load can make the backlog outgrow what the endpoints actually hold.
     pub routed_prefill_drain_ratio: f64,
+    /// Uncached prompt tokens weigh 1 plus the pool's mean waiting requests, at most this many:
+    /// under queueing a cache miss delays the requests behind it too. 0 weighs them 1.
+    pub miss_weight_max_waiting: f64,
     /// Time-to-first-token slowdown per running request (seconds): decode steps share the batch.
     pub seconds_per_running_request: f64,
     /// Scale of the KV pressure term `k/(1−k)` (seconds).
@@ -73,6 +81,7 @@ impl Default for CostModel {
             chars_per_token: 4.0,
             prefill_floor_tokens_per_second: 8_000.0,
             routed_prefill_drain_ratio: 0.75,
+            miss_weight_max_waiting: 4.0,
             seconds_per_running_request: 0.002,
             kv_pressure_seconds: 0.15,
             adapter_load_seconds: 0.1,
@@ -135,6 +144,9 @@ impl Profile for Inferpick {
         // endpoint whose estimate runs high would otherwise look faster than its peers and draw the
         // long prompts, which is what makes their tail.
         let throughput = capacity_sum / cands.len().max(1) as f64;
+        let mean_waiting =
+            cands.iter().map(|c| c.waiting as f64).sum::<f64>() / cands.len().max(1) as f64;
+        let miss_weight = 1.0 + mean_waiting.min(m.miss_weight_max_waiting);
         for c in cands.iter_mut() {
             let load = c.load();
             let overloaded = load > min_load + m.prefix_imbalance_requests
@@ -149,7 +161,8 @@ impl Profile for Inferpick {
             let uncached = (request.prompt_tokens as f64 - credit).max(0.0);
             let queued = (c.waiting * m.default_prompt_tokens) as f64;
             c.ask_prefill_seconds = m.routed_prefill_drain_ratio * uncached / throughput;
-            let prefill = (queued + uncached) / throughput + c.prefill_backlog_seconds;
+            let prefill =
+                (queued + miss_weight * uncached) / throughput + c.prefill_backlog_seconds;
             let batch = c.running as f64 * m.seconds_per_running_request;
             let pressure = LoadSignals::of(c)
                 .kv_with(c.inflight_tokens + request.prompt_tokens)
