@@ -1,5 +1,6 @@
 //! Real nginx or Envoy in front of the demo's fleet, from the configs in `deploy/gateways/`: asking
-//! the picker (nginx `auth_request`, Envoy ext_proc), or their own round robin for the baseline.
+//! the picker (nginx with njs, which shows the picker the request body, else nginx `auth_request`;
+//! Envoy ext_proc), or their own round robin for the baseline.
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -15,6 +16,28 @@ use super::GatewayKind;
 const NGINX_CLOSED: &str = include_str!("../../../deploy/gateways/nginx/nginx-fail-closed.conf");
 const NGINX_LOCATIONS: &str =
     include_str!("../../../deploy/gateways/nginx/inferpick-locations.conf");
+const NGINX_NJS_CLOSED: &str =
+    include_str!("../../../deploy/gateways/nginx/nginx-njs-fail-closed.conf");
+const NGINX_NJS_LOCATIONS: &str =
+    include_str!("../../../deploy/gateways/nginx/inferpick-njs-locations.conf");
+const NGINX_NJS_SCRIPT: &str = include_str!("../../../deploy/gateways/nginx/inferpick.js");
+/// Where nginx's JavaScript module is looked for when `INFERPICK_NGINX_NJS_MODULE` does not name
+/// it: Debian's `libnginx-mod-http-js`, nginx.org's `nginx-module-njs`.
+const NJS_MODULES: [&str; 3] = [
+    "/usr/lib/nginx/modules/ngx_http_js_module.so",
+    "/etc/nginx/modules/ngx_http_js_module.so",
+    "/usr/lib64/nginx/modules/ngx_http_js_module.so",
+];
+
+/// nginx's njs module, if this machine has it.
+pub fn njs_module() -> Option<PathBuf> {
+    let named = std::env::var_os("INFERPICK_NGINX_NJS_MODULE").filter(|v| !v.is_empty());
+    named
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(NJS_MODULES.iter().map(PathBuf::from))
+        .find(|p| p.is_file())
+}
 const ENVOY_EXT_PROC: &str =
     include_str!("../../../deploy/gateways/envoy/envoy-ext-proc-fail-closed.yaml");
 
@@ -180,7 +203,8 @@ fn render(template: &str, vars: &[(&str, String)]) -> String {
     })
 }
 
-/// nginx asking the picker at `picker` (HTTP), or round robin over `endpoints` when `picker` is `None`.
+/// nginx asking the picker at `picker` (HTTP; with njs when [`njs_module`] finds it, else by
+/// `auth_request`), or round robin over `endpoints` when `picker` is `None`.
 pub fn nginx(
     program: &Path,
     picker: Option<SocketAddr>,
@@ -189,8 +213,28 @@ pub fn nginx(
     let dir = scratch("nginx")?;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let prefix = dir.display().to_string();
-    let conf = match picker {
-        Some(p) => {
+    let conf = match (picker, njs_module()) {
+        (Some(p), Some(module)) => {
+            std::fs::write(
+                dir.join("inferpick-njs-locations.conf"),
+                NGINX_NJS_LOCATIONS,
+            )?;
+            std::fs::write(dir.join("inferpick.js"), NGINX_NJS_SCRIPT)?;
+            render(
+                NGINX_NJS_CLOSED,
+                &[
+                    ("NJS_MODULE", module.display().to_string()),
+                    ("PREFIX", prefix),
+                    ("LISTEN", listen.to_string()),
+                    ("PICKER", p.to_string()),
+                ],
+            )
+        }
+        (Some(p), None) => {
+            tracing::warn!(
+                "nginx's njs module not found (INFERPICK_NGINX_NJS_MODULE, or apt-get install \
+                 libnginx-mod-http-js): nginx asks the picker by auth_request, without the request body"
+            );
             std::fs::write(dir.join("inferpick-locations.conf"), NGINX_LOCATIONS)?;
             render(
                 NGINX_CLOSED,
@@ -201,7 +245,7 @@ pub fn nginx(
                 ],
             )
         }
-        None => {
+        (None, _) => {
             let servers: String = endpoints.iter().map(|e| format!("server {e}; ")).collect();
             format!(
                 "worker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\nevents {{ worker_connections 8192; }}\n\
