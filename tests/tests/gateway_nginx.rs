@@ -10,7 +10,10 @@ mod nginx;
 use std::net::SocketAddr;
 
 use common::*;
-use nginx::{Asks, openai_error, openai_error_body, picker_down_is_an_openai_503, start_nginx};
+use nginx::{
+    Asks, assert_unknown_model, openai_error, openai_error_body, picker_down_is_an_openai_503,
+    start_nginx,
+};
 
 const TEST: &str = "gateway_nginx";
 
@@ -53,12 +56,5 @@ async fn unknown_model_is_an_openai_error(s: &Setup, gateway: SocketAddr) {
         .unwrap();
     assert_eq!(resp.status(), 404);
     let error = openai_error(resp).await;
-    assert_eq!(error["code"], "unknown_model", "{error}");
-    assert_eq!(error["type"], "not_found_error", "{error}");
-    assert!(
-        error["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("\"no-such-model\"")),
-        "{error}"
-    );
+    assert_unknown_model(&error, "no-such-model");
 }

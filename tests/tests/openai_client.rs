@@ -13,12 +13,11 @@ mod nginx;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 use inferpick_lab::demo::gateway::{self, Gateway, Route};
+use inferpick_tests::repo_root;
 use inferpick_tests::tool::skip;
-use inferpick_tests::{repo_root, wait_until_async};
 use serde_json::{Value, json};
 
 /// One call through the SDK: `argv` is the base URL, the model, the case and extra headers as
@@ -121,46 +120,6 @@ async fn picker_message(s: &Setup, model: &str) -> String {
         .await
         .unwrap();
     r["message"].as_str().unwrap().to_string()
-}
-
-/// Every engine busy with long requests sent straight to it, until the picker sheds priority −1.
-/// The returned tasks keep them busy; abort them to end the saturation.
-async fn saturate(s: &Setup) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut background = Vec::new();
-    for endpoint in s.endpoints() {
-        for _ in 0..4 {
-            let http = s.http.clone();
-            background.push(tokio::spawn(async move {
-                let _ = http
-                    .post(format!("http://{endpoint}/v1/completions"))
-                    .json(&json!({"model": MODEL, "prompt": "long", "max_tokens": 600}))
-                    .send()
-                    .await;
-            }));
-        }
-    }
-    let pick = format!("http://{}/v1/pick", s.picker.addr);
-    wait_until_async(
-        Duration::from_secs(20),
-        "the picker to see the pool saturated",
-        || async {
-            let r = s
-                .http
-                .post(&pick)
-                .json(&json!({"model": MODEL, "priority": -1}))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if r.status() == 429 {
-                Ok(())
-            } else {
-                Err(format!("pick answered {}", r.status()))
-            }
-        },
-    )
-    .await
-    .unwrap();
-    background
 }
 
 /// The SDK's view of every case through the gateway at `addr`.

@@ -315,40 +315,7 @@ pub async fn streams_intact(s: &Setup, gateway: SocketAddr) {
 /// Returns the 429's body.
 pub async fn sheds_only_sheddable_work_when_saturated(s: &Setup, gateway: SocketAddr) -> String {
     // Fill every engine: two running and two waiting long requests each, sent straight to them.
-    let mut background = Vec::new();
-    for endpoint in s.endpoints() {
-        for _ in 0..4 {
-            let http = s.http.clone();
-            background.push(tokio::spawn(async move {
-                let _ = http
-                    .post(format!("http://{endpoint}/v1/completions"))
-                    .json(&serde_json::json!({"model": MODEL, "prompt": "long", "max_tokens": 600}))
-                    .send()
-                    .await;
-            }));
-        }
-    }
-    let pick = format!("http://{}/v1/pick", s.picker.addr);
-    wait_until_async(
-        Duration::from_secs(20),
-        "the picker to see the pool saturated",
-        || async {
-            let r = s
-                .http
-                .post(&pick)
-                .json(&serde_json::json!({"model": MODEL, "priority": -1}))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if r.status() == 429 {
-                Ok(())
-            } else {
-                Err(format!("pick answered {}", r.status()))
-            }
-        },
-    )
-    .await
-    .unwrap();
+    let background = saturate(s).await;
     let (status, body, retry) = s
         .complete(gateway, &[("x-inferpick-priority", "-1")], 1, false)
         .await;
@@ -566,4 +533,44 @@ pub async fn start_envoy(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Some((child, format!("127.0.0.1:{listen}").parse().unwrap()))
+}
+
+/// Every engine busy with long requests sent straight to it, until the picker sheds priority −1.
+/// The returned tasks keep them busy; abort them to end the saturation.
+pub async fn saturate(s: &Setup) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut background = Vec::new();
+    for endpoint in s.endpoints() {
+        for _ in 0..4 {
+            let http = s.http.clone();
+            background.push(tokio::spawn(async move {
+                let _ = http
+                    .post(format!("http://{endpoint}/v1/completions"))
+                    .json(&serde_json::json!({"model": MODEL, "prompt": "long", "max_tokens": 600}))
+                    .send()
+                    .await;
+            }));
+        }
+    }
+    let pick = format!("http://{}/v1/pick", s.picker.addr);
+    wait_until_async(
+        Duration::from_secs(20),
+        "the picker to see the pool saturated",
+        || async {
+            let r = s
+                .http
+                .post(&pick)
+                .json(&serde_json::json!({"model": MODEL, "priority": -1}))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.status() == 429 {
+                Ok(())
+            } else {
+                Err(format!("pick answered {}", r.status()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    background
 }

@@ -118,6 +118,19 @@ pub async fn openai_error(resp: reqwest::Response) -> serde_json::Value {
 
 /// The `error` object of an OpenAI error body (`param` included, as OpenAI sends it); panics on
 /// any other shape.
+/// `error` (OpenAI's `error` object) refuses `model` as unknown, naming it in the message.
+pub fn assert_unknown_model(error: &serde_json::Value, model: &str) {
+    assert_eq!(error["code"], "unknown_model", "{error}");
+    assert_eq!(error["type"], "not_found_error", "{error}");
+    let quoted = format!("{model:?}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&quoted)),
+        "{error}"
+    );
+}
+
 pub fn openai_error_body(body: &str) -> serde_json::Value {
     let json: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
