@@ -32,6 +32,6 @@ ip="$(url_of inferpick)"
 for policy in round-robin inferpick; do
   url="$rr"
   [ "$policy" = inferpick ] && url="$ip"
-  printf '%s %s %s: ' "$client" "$gateway" "$policy"
+  printf '%-8s %-12s ' "$gateway" "$policy"
   OUT="$OUT/$policy" "$CLIENTS_DIR/$client.sh" "$url" | tail -1
 done
