@@ -25,7 +25,14 @@ pub struct Observation {
     pub outcome: &'static str,
 }
 
-/// Scrape-to-scrape state: the chosen dialect, counter history, last known models.
+/// Scrapes in a row that may time out before a ready engine is reported not ready. A busy engine
+/// answers `/metrics` late exactly when routing needs it most (a Python API server shares its
+/// event loop with the requests); taking one late answer for an outage would send every request
+/// away from it, and a fleet on an overloaded host to 503. A hung engine still goes not ready
+/// after this many intervals; an unreachable or failing one at once.
+pub const SLOW_SCRAPES_TOLERATED: u32 = 2;
+
+/// Scrape-to-scrape state: the chosen dialect, counter history, last known models and load.
 pub struct Collector {
     choice: EngineChoice,
     dialect: Option<&'static dyn Dialect>,
@@ -33,6 +40,10 @@ pub struct Collector {
     listed: Option<Vec<ModelEntry>>,
     models: Vec<ModelEntry>,
     url: String,
+    /// The load of the last good scrape, while every scrape since has timed out.
+    last_load: Option<Load>,
+    /// Timed-out scrapes since `last_load`.
+    slow: u32,
 }
 
 impl Collector {
@@ -49,6 +60,8 @@ impl Collector {
             listed: None,
             models: Vec::new(),
             url: url.to_string(),
+            last_load: None,
+            slow: 0,
         }
     }
 
@@ -75,6 +88,8 @@ impl Collector {
         match scrape.and_then(|text| self.read(&text, at)) {
             Ok((load, models)) => {
                 self.models = models.clone();
+                self.last_load = Some(load.clone());
+                self.slow = 0;
                 Observation {
                     engine: EngineStatus {
                         kind: self.kind(),
@@ -87,17 +102,40 @@ impl Collector {
                     outcome: "ok",
                 }
             }
-            Err(e) => Observation {
-                outcome: e.kind(),
-                engine: EngineStatus {
-                    kind: self.kind(),
-                    ready: false,
-                    error: Some(truncate(e.to_string())),
-                    scrape_ms,
-                },
-                load: Load::default(),
-                models: self.models.clone(),
-            },
+            Err(e @ ScrapeError::Timeout { .. })
+                if self.last_load.is_some() && self.slow < SLOW_SCRAPES_TOLERATED =>
+            {
+                self.slow += 1;
+                Observation {
+                    outcome: e.kind(),
+                    engine: EngineStatus {
+                        kind: self.kind(),
+                        ready: true,
+                        error: Some(truncate(format!(
+                            "{e}; its last load is reported again ({} of {SLOW_SCRAPES_TOLERATED} \
+                             slow scrapes tolerated)",
+                            self.slow
+                        ))),
+                        scrape_ms,
+                    },
+                    load: self.last_load.clone().unwrap_or_default(),
+                    models: self.models.clone(),
+                }
+            }
+            Err(e) => {
+                self.last_load = None;
+                Observation {
+                    outcome: e.kind(),
+                    engine: EngineStatus {
+                        kind: self.kind(),
+                        ready: false,
+                        error: Some(truncate(e.to_string())),
+                        scrape_ms,
+                    },
+                    load: Load::default(),
+                    models: self.models.clone(),
+                }
+            }
         }
     }
 
@@ -191,28 +229,55 @@ mod tests {
         assert_eq!(o.engine.scrape_ms, Some(3.0));
     }
 
-    #[test]
-    fn failures_say_not_ready_with_the_reason_and_keep_models() {
-        let mut c = Collector::new(EngineChoice::Auto, "http://e/metrics");
-        ok(&mut c, VLLM);
-        let down = c.observe(
+    fn timeout(c: &mut Collector) -> Observation {
+        c.observe(
             Err(ScrapeError::Timeout {
                 url: "http://e/metrics".into(),
                 timeout: Duration::from_millis(80),
             }),
             Duration::from_secs(2),
             Duration::from_millis(80),
-        );
+        )
+    }
+
+    #[test]
+    fn a_few_slow_scrapes_repeat_the_last_load_then_a_hung_engine_is_not_ready() {
+        let mut c = Collector::new(EngineChoice::Auto, "http://e/metrics");
+        let good = ok(&mut c, VLLM);
+        for k in 1..=SLOW_SCRAPES_TOLERATED {
+            let slow = timeout(&mut c);
+            assert!(slow.engine.ready, "slow scrape {k}");
+            assert_eq!(slow.load, good.load);
+            assert_eq!(slow.outcome, "timeout");
+            let e = slow.engine.error.unwrap();
+            assert!(e.contains("did not answer within 80ms"), "{e}");
+            assert!(e.contains(&format!("{k} of {SLOW_SCRAPES_TOLERATED}")), "{e}");
+        }
+        let down = timeout(&mut c);
         assert!(!down.engine.ready);
         assert_eq!(down.engine.kind, EngineKind::Vllm);
-        assert!(
-            down.engine
-                .error
-                .unwrap()
-                .contains("did not answer within 80ms")
-        );
         assert_eq!(down.load, Load::default());
         assert_eq!(down.models[0].name, "m", "last known models stay");
+        // Once it answers again, the count starts over.
+        ok(&mut c, VLLM);
+        assert!(timeout(&mut c).engine.ready);
+    }
+
+    #[test]
+    fn an_unreachable_engine_is_not_ready_at_once_and_a_later_timeout_is_not_excused() {
+        let mut c = Collector::new(EngineChoice::Auto, "http://e/metrics");
+        ok(&mut c, VLLM);
+        let refused = c.observe(
+            Err(ScrapeError::Unreachable {
+                url: "http://e/metrics".into(),
+                cause: "connection refused".into(),
+            }),
+            Duration::from_secs(2),
+            Duration::from_millis(1),
+        );
+        assert!(!refused.engine.ready);
+        assert!(refused.engine.error.unwrap().contains("connection refused"));
+        assert!(!timeout(&mut c).engine.ready);
     }
 
     #[test]
