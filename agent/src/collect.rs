@@ -251,7 +251,10 @@ mod tests {
             assert_eq!(slow.outcome, "timeout");
             let e = slow.engine.error.unwrap();
             assert!(e.contains("did not answer within 80ms"), "{e}");
-            assert!(e.contains(&format!("{k} of {SLOW_SCRAPES_TOLERATED}")), "{e}");
+            assert!(
+                e.contains(&format!("{k} of {SLOW_SCRAPES_TOLERATED}")),
+                "{e}"
+            );
         }
         let down = timeout(&mut c);
         assert!(!down.engine.ready);

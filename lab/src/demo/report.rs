@@ -13,8 +13,23 @@ use crate::sim::{PolicyResult, ms};
 /// TTFT p99s within this fraction of each other are a tie: closer than one run's noise.
 pub const TIE: f64 = 0.02;
 
-/// How inferpick's TTFT p99 compares with round robin's, in words.
+/// Above this fraction of failed requests (neither completed nor shed) a policy's latency, taken
+/// over the requests it served, cannot rank it.
+pub const FAILED_FOR_NO_VERDICT: f64 = 0.01;
+
+/// How inferpick's TTFT p99 compares with round robin's, in words; no verdict when either lost
+/// requests.
 pub fn verdict(round_robin: &PolicyResult, inferpick: &PolicyResult) -> String {
+    for r in [round_robin, inferpick] {
+        let failed = r.requests.saturating_sub(r.completed + r.shed);
+        if failed as f64 > FAILED_FOR_NO_VERDICT * r.requests as f64 {
+            return format!(
+                "no verdict: {} failed {failed} of {} requests; the latency of the rest cannot \
+                 rank the policies (see the failures above).",
+                r.policy, r.requests
+            );
+        }
+    }
     let (ip, rr) = (inferpick.ttft_ms.p99, round_robin.ttft_ms.p99);
     let ratio = ip / rr.max(1e-9);
     let word = if (ratio - 1.0).abs() <= TIE {
@@ -190,5 +205,26 @@ mod tests {
         );
         let worse = verdict(&rr, &row("inferpick", 95.0));
         assert!(worse.starts_with("inferpick trails round robin"), "{worse}");
+    }
+
+    #[test]
+    fn a_policy_that_lost_requests_gets_no_verdict() {
+        let rr = row("round-robin", 900.0);
+        let lossy = PolicyResult {
+            completed: 90,
+            ..row("inferpick", 60.0)
+        };
+        let v = verdict(&rr, &lossy);
+        assert!(
+            v.starts_with("no verdict: inferpick failed 10 of 100"),
+            "{v}"
+        );
+        // Shed requests are answers, not failures.
+        let shedding = PolicyResult {
+            completed: 90,
+            shed: 10,
+            ..row("inferpick", 60.0)
+        };
+        assert!(verdict(&rr, &shedding).starts_with("inferpick beats"));
     }
 }
