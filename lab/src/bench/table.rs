@@ -133,6 +133,18 @@ fn cells(name: &str, run: &LoadResult, hit: Option<f64>, per_pod: &[u64]) -> Vec
     ]
 }
 
+/// At most [`EXAMPLE_CHARS`] characters of a failure's message: a refusal may quote the whole
+/// request back, prompt included.
+fn shortened(message: &str) -> String {
+    match message.char_indices().nth(EXAMPLE_CHARS) {
+        Some((end, _)) => format!("{}…", &message[..end]),
+        None => message.to_string(),
+    }
+}
+
+/// How much of a failure's message the table shows (`--json` keeps it whole).
+const EXAMPLE_CHARS: usize = 160;
+
 impl BenchReport {
     /// The printed result: heading, a line per contender, what each contender's route was, then
     /// every failure by kind and every contender that did not run, with why.
@@ -170,6 +182,7 @@ impl BenchReport {
             if let Some(run) = &r.run {
                 for (kind, count) in &run.errors {
                     let example = run.error_examples.get(kind).map_or("", String::as_str);
+                    let example = shortened(example);
                     let _ = writeln!(
                         out,
                         "failed through {}: {count} × {kind}: {example}",

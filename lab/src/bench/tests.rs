@@ -208,6 +208,20 @@ fn the_table_has_a_line_per_contender_with_its_figures() {
         text.contains("failed through inferpick: 2 × 429: why 429"),
         "{text}"
     );
+    let mut long = run_of(3, None, &[("400", 3)]);
+    long.error_examples.insert("400".into(), "é".repeat(500));
+    let text = report(vec![BenchRow::measured(
+        Contender::SglangRoundRobin,
+        long,
+        None,
+        vec![0, 0],
+    )])
+    .text();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("failed through"))
+        .unwrap();
+    assert!(line.ends_with(&format!(": {}…", "é".repeat(160))), "{line}");
 }
 
 #[test]
