@@ -42,6 +42,9 @@ pub enum Command {
     /// Prints a workload's capacity per pod and the rate at a load, exactly, as the demo and
     /// `sim` compute them (to drive another router at the demo's rate).
     Capacity(CapacityArgs),
+    /// The bake-off: inferpick (built-in gateway, nginx, Envoy), round robin and the peer routers
+    /// installed (sglang-router, vllm-router), each on a fresh identical fleet with the same load.
+    Bench(crate::bench::BenchArgs),
     /// Writes the lab's tokenizer (a word-level `tokenizer.json` over a generated vocabulary), for
     /// the picker to tokenize as the emulator does.
     Tokenizer(TokenizerArgs),
@@ -230,7 +233,7 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("{s:?} is not a duration like 100ms or 10m: {e}"))
 }
@@ -244,7 +247,7 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_load(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_load(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err(format!(
@@ -321,6 +324,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Load(args) => runtime()?.block_on(load_command(args)),
         Command::Demo(args) => runtime()?.block_on(demo_command(args)),
         Command::Capacity(args) => capacity_command(args),
+        Command::Bench(args) => runtime()?.block_on(crate::bench::command(args)),
         Command::Tokenizer(args) => {
             crate::tokenizer::write(&args.out)?;
             println!(
@@ -524,7 +528,7 @@ async fn load_command(args: LoadArgs) -> anyhow::Result<()> {
 }
 
 /// The workload `demo` and `capacity` use: `--workload`, else the demo's own.
-fn demo_workload(name: Option<&str>) -> anyhow::Result<Workload> {
+pub(crate) fn demo_workload(name: Option<&str>) -> anyhow::Result<Workload> {
     Ok(match name {
         Some(w) => Workload::load(w)?,
         None => Workload::parse(demo::DEMO_WORKLOAD, "lab/workloads/demo.yaml")?,

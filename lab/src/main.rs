@@ -7,9 +7,10 @@ use inferpick_lab::cli::{Cli, Command, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo runs agents and a picker in this process; their warnings would bury the table.
+    // The demo and the bake-off run agents and a picker in this process; their warnings would
+    // bury the table.
     let default = match cli.command {
-        Command::Demo(_) => "error",
+        Command::Demo(_) | Command::Bench(_) => "error",
         _ => "warn",
     };
     tracing_subscriber::fmt()

@@ -59,7 +59,7 @@ pub struct ExternalGateway {
 
 impl ExternalGateway {
     /// Starts `cmd` in its own process group on a thread that waits for it.
-    fn spawn(mut cmd: Command, dir: PathBuf, addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(mut cmd: Command, dir: PathBuf, addr: SocketAddr) -> anyhow::Result<Self> {
         let log = std::fs::File::create(dir.join("gateway.log"))?;
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -104,7 +104,7 @@ impl ExternalGateway {
     }
 
     /// How the process ended, if it has.
-    fn exit_status(&self) -> Option<String> {
+    pub(crate) fn exit_status(&self) -> Option<String> {
         self.exited
             .0
             .lock()
@@ -122,7 +122,7 @@ impl ExternalGateway {
         guard.is_some()
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
     }
 }
@@ -181,13 +181,13 @@ pub fn find(kind: GatewayKind) -> anyhow::Result<PathBuf> {
     bail!("--gateway {program}: {program} is not installed (install: {install}; or set {env})")
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn scratch(label: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn scratch(label: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!(
         "inferpick-demo-{label}-{}-{}",
         std::process::id(),

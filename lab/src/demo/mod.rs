@@ -143,6 +143,9 @@ pub struct Fleet {
     pub emulators: Vec<Running>,
     /// Each agent's `/metrics` address.
     pub agents: Vec<SocketAddr>,
+    /// Each emulator's KV-event sockets, in the order of `emulators` (empty without KV events),
+    /// for other subscribers than the agents (a peer router's KV-aware policy).
+    pub kv_events: Vec<crate::emulate::KvEndpoints>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -206,6 +209,7 @@ impl Fleet {
             picker_grpc,
             emulators: Vec::new(),
             agents: Vec::new(),
+            kv_events: Vec::new(),
             stop,
             tasks,
         };
@@ -225,7 +229,12 @@ impl Fleet {
                     .await
                     .map_err(|e| anyhow::anyhow!(e))?;
                 kv_args.push(format!("--kv-events={}", kv.events));
-                kv_args.extend(kv.replay.map(|r| format!("--kv-events-replay={r}")));
+                kv_args.extend(
+                    kv.replay
+                        .as_ref()
+                        .map(|r| format!("--kv-events-replay={r}")),
+                );
+                fleet.kv_events.push(kv);
             }
             let running = emulate::spawn(emulator, local().await?)?;
             let addr = running.addr;
