@@ -277,7 +277,9 @@ fn body(api: Api, model: &str, req: &Request) -> Value {
         }),
         Api::Chat => {
             let ids = prompt_token_ids(req, true);
-            let split = req.prefix_tokens.len().min(ids.len());
+            // A user message is never empty (routers such as SGLang's refuse one): when the
+            // prefix is the whole prompt, its last token goes to the user.
+            let split = req.prefix_tokens.len().min(ids.len().saturating_sub(1));
             let mut messages = Vec::new();
             if split > 0 {
                 messages.push(json!({"role": "system", "content": text_of(&ids[..split])}));
@@ -430,6 +432,22 @@ mod tests {
         assert_eq!(api("chat"), Api::Chat);
         assert_eq!(api("multi-turn"), Api::Chat);
         assert_eq!(api("shared-prefix"), Api::Completions);
+    }
+
+    #[test]
+    fn no_chat_request_has_an_empty_user_message() {
+        let workload = Workload::load("multi-turn").unwrap();
+        let requests =
+            crate::workload::Generator::new(&workload, 1, 50.0, Duration::from_secs(30), 1, 16);
+        let mut n = 0;
+        for req in requests {
+            let b = body(Api::Chat, "m", &req);
+            let user = b["messages"].as_array().unwrap().last().unwrap();
+            assert_eq!(user["role"], "user");
+            assert!(!user["content"].as_str().unwrap().is_empty(), "{b}");
+            n += 1;
+        }
+        assert!(n > 100, "{n}");
     }
 
     #[test]
