@@ -7,6 +7,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::GpuHealth;
+
 /// The only schema version this crate reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -162,6 +164,9 @@ pub struct EngineStatus {
     /// How long the last scrape took, milliseconds.
     #[serde(default)]
     pub scrape_ms: Option<f64>,
+    /// GPUs one model replica spans (tensor parallelism), where the engine or the operator says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensor_parallel_size: Option<u32>,
 }
 
 /// A model an endpoint serves: a base model, or a LoRA adapter of one.
@@ -221,7 +226,7 @@ pub struct Adapters {
 }
 
 /// One GPU of the pod, as NVML reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Gpu {
     /// NVML UUID (`GPU-…`).
     pub uuid: String,
@@ -246,6 +251,9 @@ pub struct Gpu {
     /// Power draw.
     #[serde(default)]
     pub power_watts: Option<f64>,
+    /// Throttling, errors and link state. Absent from agents that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<GpuHealth>,
 }
 
 /// A rule of the contract that a report breaks.
@@ -360,6 +368,12 @@ impl LoadReport {
         check_opt_str("endpoint.node", &self.endpoint.node)?;
         check_opt_str("engine.error", &self.engine.error)?;
         check_nonneg("engine.scrape_ms", self.engine.scrape_ms)?;
+        if self.engine.tensor_parallel_size == Some(0) {
+            return Err(ValidationError::new(
+                "engine.tensor_parallel_size",
+                "0: must be at least 1",
+            ));
+        }
         if self.models.len() > Limits::MAX_MODELS {
             return Err(ValidationError::new(
                 "models",
@@ -452,6 +466,9 @@ impl Gpu {
             1000.0,
         )?;
         check_nonneg(&format!("gpus[{i}].power_watts"), self.power_watts)?;
+        if let Some(h) = &self.health {
+            h.validate(&format!("gpus[{i}].health"))?;
+        }
         if let (Some(used), Some(total)) = (self.memory_used_bytes, self.memory_total_bytes)
             && used > total
         {
@@ -492,6 +509,7 @@ pub(crate) mod tests {
                 ready: true,
                 error: None,
                 scrape_ms: Some(3.1),
+                tensor_parallel_size: None,
             },
             models: vec![
                 ModelEntry {
@@ -527,6 +545,7 @@ pub(crate) mod tests {
                 utilization_percent: Some(97.0),
                 temperature_celsius: Some(61.0),
                 power_watts: Some(612.5),
+                health: None,
             }],
         }
     }
@@ -538,6 +557,65 @@ pub(crate) mod tests {
         let json = serde_json::to_string(&r).unwrap();
         let back: LoadReport = serde_json::from_str(&json).unwrap();
         assert_eq!(back, r);
+    }
+
+    /// Versions mix because decoding ignores fields it does not know, at every level: a picker
+    /// from before `gpus[].health` and `engine.tensor_parallel_size` reads a newer agent's report,
+    /// and a newer picker reads an older agent's report (every new field is optional).
+    #[test]
+    fn reports_from_newer_and_older_agents_both_decode() {
+        let newer = r#"{ "schema_version": 1,
+          "agent": {"id": "a", "version": "9.9.9", "started_at_ms": 1, "build": "x"},
+          "seq": 1, "sent_at_ms": 1, "interval_ms": 100,
+          "endpoint": {"address": "10.0.0.1:8000", "zone": "z"},
+          "engine": {"kind": "vllm", "ready": true, "tensor_parallel_size": 2, "dp": 1},
+          "load": {"requests_waiting": 1, "spec_decode_acceptance": 0.7},
+          "gpus": [{"uuid": "GPU-1", "name": "NVIDIA H100 80GB HBM3",
+                    "health": {"throttle": ["hw-thermal", "from-the-future"],
+                               "sm_clock_mhz": 990, "sm_clock_max_mhz": 1980,
+                               "xid_errors": [79], "nvlink_errors": 3},
+                    "fan_percent": 40}],
+          "future_section": {"anything": [1, 2, 3]} }"#;
+        let r: LoadReport = serde_json::from_str(newer).unwrap();
+        r.validate().unwrap();
+        assert_eq!(r.engine.tensor_parallel_size, Some(2));
+        let health = r.gpus[0].health.as_ref().unwrap();
+        assert_eq!(health.speed(), 0.5);
+        assert_eq!(
+            health.fatal().as_deref(),
+            Some("XID 79 (GPU has fallen off the bus)")
+        );
+        let older = r#"{ "schema_version": 1,
+          "agent": {"id": "a", "version": "0.1.0", "started_at_ms": 1},
+          "seq": 1, "sent_at_ms": 1, "interval_ms": 100,
+          "endpoint": {"address": "10.0.0.1:8000"},
+          "engine": {"kind": "vllm", "ready": true},
+          "gpus": [{"uuid": "GPU-1", "name": "NVIDIA A100-SXM4-80GB"}] }"#;
+        let r: LoadReport = serde_json::from_str(older).unwrap();
+        r.validate().unwrap();
+        assert_eq!(
+            (r.engine.tensor_parallel_size, &r.gpus[0].health),
+            (None, &None)
+        );
+        // A report without health serializes without it, byte for byte what older agents sent.
+        assert!(!serde_json::to_string(&r).unwrap().contains("health"));
+    }
+
+    #[test]
+    fn oversized_health_lists_and_zero_tensor_parallelism_are_refused() {
+        let mut r = example();
+        r.gpus[0].health = Some(GpuHealth {
+            xid_errors: (0..17).collect(),
+            ..Default::default()
+        });
+        let e = r.validate().unwrap_err();
+        assert_eq!(e.field, "gpus[0].health.xid_errors");
+        let mut r = example();
+        r.engine.tensor_parallel_size = Some(0);
+        assert_eq!(
+            r.validate().unwrap_err().field,
+            "engine.tensor_parallel_size"
+        );
     }
 
     #[test]

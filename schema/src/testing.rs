@@ -24,6 +24,7 @@ pub fn gpu(index: u32) -> Gpu {
         utilization_percent: Some(87.0),
         temperature_celsius: Some(61.0),
         power_watts: Some(455.5),
+        health: None,
     }
 }
 
@@ -58,6 +59,7 @@ impl ReportBuilder {
                     ready: true,
                     error: None,
                     scrape_ms: Some(1.0),
+                    tensor_parallel_size: None,
                 },
                 models: vec![ModelEntry {
                     name: MODEL.into(),

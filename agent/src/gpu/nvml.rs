@@ -46,6 +46,7 @@ impl NvmlSource {
                 .ok()
                 .map(f64::from),
             power_watts: device.power_usage().ok().map(|mw| f64::from(mw) / 1000.0),
+            health: None,
         })
     }
 }

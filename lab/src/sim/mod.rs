@@ -700,6 +700,7 @@ impl<'a> Run<'a> {
                 ready: true,
                 error: None,
                 scrape_ms: None,
+                tensor_parallel_size: None,
             },
             models: self.models.clone(),
             load,
