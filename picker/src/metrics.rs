@@ -384,7 +384,7 @@ impl Collector for TableCollector {
         let now = self.clock.now();
         let snap = self.table.snapshot();
 
-        let mut states = [0i64; 3];
+        let mut states = [0i64; EndpointState::ALL.len()];
         for e in snap.iter() {
             let i = EndpointState::ALL
                 .iter()
@@ -394,7 +394,7 @@ impl Collector for TableCollector {
         }
         let mut fam = encoder.encode_descriptor(
             "inferpick_picker_endpoints",
-            "Endpoints in the table by state (ready, stale, not_ready).",
+            "Endpoints in the table by state (ready, stale, not_ready, gpu_failed).",
             None,
             MetricType::Gauge,
         )?;
@@ -411,6 +411,45 @@ impl Collector for TableCollector {
         for e in snap.iter() {
             ConstGauge::new(e.age(now).as_secs_f64())
                 .encode(fam.encode_family(&[("endpoint", &*e.address)])?)?;
+        }
+
+        let mut fam = encoder.encode_descriptor(
+            "inferpick_picker_endpoint_capacity_prefill_tokens_per_second",
+            "Each endpoint's prefill rate as picks cost it (throttling included), by where it comes \
+             from (pinned, own, class, fleet); absent while nothing is learned.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for e in snap.iter() {
+            if let Some(rate) = e.capacity.prefill_tokens_per_second {
+                let source = e.capacity.prefill_source.as_str();
+                ConstGauge::new(rate)
+                    .encode(fam.encode_family(&[("endpoint", &*e.address), ("source", source)])?)?;
+            }
+        }
+        for (name, help, value) in [
+            (
+                "inferpick_picker_endpoint_capacity_speed_ratio",
+                "Each endpoint's slowest GPU clock over its maximum while throttled, else 1.",
+                (|e: &crate::table::Endpoint| e.capacity.speed)
+                    as fn(&crate::table::Endpoint) -> f64,
+            ),
+            (
+                "inferpick_picker_endpoint_capacity_decode_scale",
+                "Each endpoint's decode step time per running sequence relative to an H100's.",
+                |e: &crate::table::Endpoint| e.capacity.decode_scale,
+            ),
+            (
+                "inferpick_picker_endpoint_capacity_compute_ratio",
+                "Each endpoint's GPUs' prefill compute relative to one H100, from their product name.",
+                |e: &crate::table::Endpoint| e.hardware.compute,
+            ),
+        ] {
+            let mut fam = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for e in snap.iter() {
+                ConstGauge::new(value(e))
+                    .encode(fam.encode_family(&[("endpoint", &*e.address)])?)?;
+            }
         }
 
         let mut fam = encoder.encode_descriptor(

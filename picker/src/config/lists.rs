@@ -1,5 +1,5 @@
-//! Kinds whose values are lists: trusted proxy CIDRs, named objectives, model rewrites and
-//! tokenizers. Each
+//! Kinds whose values are lists: trusted proxy CIDRs, named objectives, model rewrites,
+//! tokenizers and capacity pins. Each
 //! item is checked on its own and named by its index (`objectives[1].priority`).
 
 use std::collections::HashMap;
@@ -8,9 +8,10 @@ use serde_norway::Value as Yaml;
 
 use super::Issues;
 use super::file::{get, int, mapping, string};
-use super::kind::Kind;
 use super::kind::show_yaml;
+use super::kind::{Kind, Number};
 use crate::scheduler::RewriteTarget;
+use crate::table::{CapacityPin, PinMatch};
 use crate::tokenize::{ModelTokenizer, Tokenizers};
 use crate::trust::{self, Cidr};
 
@@ -246,5 +247,69 @@ impl Kind for TokenizerFiles {
 
     fn accepts(&self) -> String {
         "a mapping of model name → path of its tokenizer.json".into()
+    }
+}
+
+/// Operator-fixed prefill rates, `[{ address | pod_prefix | gpu, prefill_tokens_per_second }]`.
+pub(crate) struct CapacityPins;
+
+impl Kind for CapacityPins {
+    type Value = Vec<CapacityPin>;
+
+    fn parse(&self, _: &str) -> Result<Self::Value, String> {
+        Err("only in the config file".into())
+    }
+
+    fn read(&self, v: &Yaml, path: &str, is: &mut Issues) -> Option<Self::Value> {
+        let Yaml::Sequence(items) = v else {
+            is.push(path, format!("expected {}", self.accepts()));
+            return None;
+        };
+        let keys = ["address", "pod_prefix", "gpu", "prefill_tokens_per_second"];
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{path}[{i}]");
+            let Some(m) = mapping(item, &at, &keys, is) else {
+                continue;
+            };
+            let given: Vec<(&str, String)> = keys[..3]
+                .iter()
+                .filter_map(|&k| {
+                    get(m, k).and_then(|v| string(v, &format!("{at}.{k}"), is).map(|s| (k, s)))
+                })
+                .collect();
+            let matches = match given.as_slice() {
+                [("address", a)] => PinMatch::Address(a.clone()),
+                [("pod_prefix", p)] => PinMatch::PodPrefix(p.clone()),
+                [("gpu", g)] => PinMatch::Gpu(g.clone()),
+                _ => {
+                    is.push(&at, "expected exactly one of address, pod_prefix, gpu");
+                    continue;
+                }
+            };
+            let rate_at = format!("{at}.prefill_tokens_per_second");
+            let Some(rate) = required(get(m, "prefill_tokens_per_second"), &rate_at, is)
+                .and_then(|v| Number::POSITIVE.read(v, &rate_at, is))
+            else {
+                continue;
+            };
+            out.push(CapacityPin {
+                matches,
+                prefill_tokens_per_second: rate,
+            });
+        }
+        Some(out)
+    }
+
+    fn show(&self, v: &Self::Value) -> String {
+        if v.is_empty() {
+            String::new()
+        } else {
+            format!("{} pins", v.len())
+        }
+    }
+
+    fn accepts(&self) -> String {
+        "a list of { address | pod_prefix | gpu, prefill_tokens_per_second }".into()
     }
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 use super::declare::settings;
 use super::kind::Bound::{Excl, Incl, Open};
 use super::kind::{Addr, AddrOrOff, Int, Number, Optional, Path, Profile, Span};
-use super::lists::{Cidrs, Objectives, Rewrites, TokenizerFiles};
+use super::lists::{CapacityPins, Cidrs, Objectives, Rewrites, TokenizerFiles};
 use crate::scheduler::{CostModel, Policy, RewriteTarget, Saturation, SchedulerConfig};
-use crate::table::{DEFAULT_MAX_ENDPOINTS, TableConfig};
+use crate::table::{CapacityPin, DEFAULT_MAX_ENDPOINTS, TableConfig};
 use crate::tls::TlsFiles;
 use crate::tokenize::Tokenizers;
 use crate::trust::Cidr;
@@ -85,6 +85,12 @@ settings! {
     /// KV events. A model without one is routed on the approximate prefix index.
     tokenizers: Tokenizers = Tokenizers::default(), {
         "tokenizers" => TokenizerFiles;
+    }
+    /// Prefill rates fixed by hand (tokens/s at full clock) for the endpoints one rule matches —
+    /// by `address`, `pod_prefix` or `gpu` product name; the first match wins. Picks otherwise
+    /// learn each endpoint's rate from its reports and its hardware.
+    capacity_pins: Vec<CapacityPin> = Vec::new(), {
+        "capacity.pins" => CapacityPins;
     }
     /// The `inferpick` profile's cost model: predicted seconds to first token on each endpoint.
     /// The defaults are calibrated for an 8B model on one H100 (10–20k prefill tokens/s, 10–30 ms
@@ -229,6 +235,7 @@ impl Settings {
             exact_blocks_per_endpoint: self.exact_blocks_per_endpoint,
             exact_blocks_total: self.exact_blocks_total,
             kv_max_age: self.kv_max_age,
+            capacity_pins: self.capacity_pins.clone(),
             ..TableConfig::default()
         }
     }

@@ -508,3 +508,44 @@ fn the_connection_cap_comes_from_the_flag_over_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn capacity_pins_match_one_thing_each_and_name_what_is_wrong() {
+    let d = scratch("pins");
+    let good = write(
+        &d,
+        "good.yaml",
+        "capacity:\n  pins:\n    - { gpu: NVIDIA L4, prefill_tokens_per_second: 2500 }\n    - { pod_prefix: vllm-big-, prefill_tokens_per_second: 40000 }\n",
+    );
+    let s = Settings::from_args(Args {
+        config: Some(good),
+        ..Args::default()
+    })
+    .unwrap();
+    let pins = s.table_config().capacity_pins;
+    assert_eq!(pins.len(), 2);
+    assert_eq!(
+        pins[0].matches,
+        crate::table::PinMatch::Gpu("NVIDIA L4".into())
+    );
+    assert_eq!(pins[1].prefill_tokens_per_second, 40_000.0);
+    let bad = write(
+        &d,
+        "bad.yaml",
+        "capacity:\n  pins:\n    - { gpu: NVIDIA L4, address: 10.0.0.1:8000, prefill_tokens_per_second: 1 }\n    - { gpu: NVIDIA L4, prefill_tokens_per_second: -3 }\n    - { gpu: NVIDIA L4 }\n    - { gpu: NVIDIA L4, prefill_tokens_per_second: 1, weight: 2 }\n",
+    );
+    let err = Settings::from_args(Args {
+        config: Some(bad),
+        ..Args::default()
+    })
+    .unwrap_err();
+    let paths: Vec<&str> = err.issues.iter().map(|i| i.path.as_str()).collect();
+    for p in [
+        "capacity.pins[0]",
+        "capacity.pins[1].prefill_tokens_per_second",
+        "capacity.pins[2].prefill_tokens_per_second",
+        "capacity.pins[3].weight",
+    ] {
+        assert!(paths.contains(&p), "{p} missing from {err}");
+    }
+}

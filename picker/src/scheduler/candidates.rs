@@ -71,8 +71,12 @@ pub(crate) struct Candidate {
     pub(crate) slot: Slot,
     /// When its report arrived (nanoseconds on the picker's clock).
     pub(crate) arrived_ns: u64,
-    /// Prefill capacity estimate (tokens/s), 0 when unknown.
-    pub(crate) peak_prompt_tokens_per_second: f64,
+    /// Prefill rate (tokens/s) its capacity says, throttling included; 0 when unknown.
+    pub(crate) prefill_tokens_per_second: f64,
+    /// Its speed relative to one H100 at full clock (what scales the assumed floor).
+    pub(crate) prior_scale: f64,
+    /// Its decode step time per running sequence relative to an H100's.
+    pub(crate) decode_scale: f64,
     /// Seconds until the prefill this picker routed here is plausibly done (0 when not read).
     pub(crate) prefill_backlog_seconds: f64,
     /// Seconds this request's own prefill would add here (set by the `inferpick` cost).
@@ -161,6 +165,8 @@ pub struct Tally {
     pub stale: usize,
     /// Not ready.
     pub not_ready: usize,
+    /// Fresh and ready, but a GPU reports a fatal condition.
+    pub gpu_failed: usize,
     /// Left out by `candidates` / `exclude`.
     pub filtered: usize,
 }
@@ -256,6 +262,10 @@ impl<'s, 'r> Scan<'s, 'r> {
                 self.tally.not_ready += 1;
                 Some("not_ready")
             }
+            EndpointState::GpuFailed => {
+                self.tally.gpu_failed += 1;
+                Some("gpu_failed")
+            }
         });
         if let Some(reason) = reason {
             if self.explain {
@@ -288,7 +298,9 @@ impl<'s, 'r> Scan<'s, 'r> {
         cands.push(Candidate {
             slot,
             arrived_ns: record.arrived_ns,
-            peak_prompt_tokens_per_second: record.peak_prompt_tokens_per_second,
+            prefill_tokens_per_second: f64::from(record.prefill_tokens_per_second),
+            prior_scale: f64::from(record.prior_scale),
+            decode_scale: f64::from(record.decode_scale),
             prefill_backlog_seconds,
             ask_prefill_seconds: 0.0,
             kv_capacity_tokens: record.kv_capacity_tokens,

@@ -55,6 +55,15 @@ pub struct ExplainedCandidate {
     pub inflight_prompt_tokens: u64,
     /// KV cache utilization as reported.
     pub kv_cache_utilization: Option<f64>,
+    /// Its prefill rate as costed (tokens/s, throttling included); `null` until learned, when the
+    /// cost assumes the floor scaled by its GPUs' relative speed.
+    pub prefill_tokens_per_second: Option<f64>,
+    /// Where that rate comes from: `pinned`, `own`, `class`, `fleet` or `prior`.
+    pub capacity_source: crate::table::CapacitySource,
+    /// Its slowest GPU's clock as a fraction of the maximum while throttled, else 1.
+    pub gpu_speed: f64,
+    /// Its decode step time per running sequence relative to an H100's.
+    pub decode_scale: f64,
     /// `cached_tokens` in the approximate index's blocks (about 16 tokens each).
     pub cached_blocks: u32,
     /// Leading prompt tokens it holds.
@@ -81,8 +90,11 @@ pub struct ExplainedCandidate {
 pub struct Excluded {
     /// Its address.
     pub endpoint: String,
-    /// `stale`, `not_ready`, `excluded` or `not in candidates`.
+    /// `stale`, `not_ready`, `gpu_failed`, `excluded` or `not in candidates`.
     pub reason: &'static str,
+    /// For `gpu_failed`: which GPU and what (`GPU-…: XID 79 (GPU has fallen off the bus)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_failure: Option<String>,
     /// Age of its report.
     pub age_ms: f64,
 }

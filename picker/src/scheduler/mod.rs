@@ -417,8 +417,13 @@ impl Scheduler {
             return Err(PickError::NoReadyEndpoint {
                 model: request.model.to_string(),
                 reason: format!(
-                    "{} endpoint(s) serve it: {} stale (no report within {:?}), {} not ready, {} left out by candidates/exclude",
-                    t.serving, t.stale, snapshot.max_report_age, t.not_ready, t.filtered
+                    "{} endpoint(s) serve it: {} stale (no report within {:?}), {} not ready, {} with a failed GPU, {} left out by candidates/exclude",
+                    t.serving,
+                    t.stale,
+                    snapshot.max_report_age,
+                    t.not_ready,
+                    t.gpu_failed,
+                    t.filtered
                 ),
             });
         }
@@ -455,6 +460,10 @@ impl Scheduler {
                     inflight_requests: c.inflight_requests,
                     inflight_prompt_tokens: c.inflight_tokens,
                     kv_cache_utilization: c.kv,
+                    prefill_tokens_per_second: endpoint.capacity.prefill_tokens_per_second,
+                    capacity_source: endpoint.capacity.prefill_source,
+                    gpu_speed: endpoint.capacity.speed,
+                    decode_scale: c.decode_scale,
                     cached_blocks: (f64::from(c.cached_tokens) / request.tokens_per_block) as u32,
                     cached_tokens: c.cached_tokens,
                     cached_exact: c.cached_exact,
@@ -480,6 +489,9 @@ impl Scheduler {
             .map(|(e, why)| Excluded {
                 endpoint: e.address.to_string(),
                 reason: why,
+                gpu_failure: (*why == "gpu_failed")
+                    .then(|| e.gpu_failure.as_deref().map(str::to_string))
+                    .flatten(),
                 age_ms: age_ms(e),
             })
             .collect();

@@ -879,13 +879,19 @@ fn one_pods_high_prompt_rate_does_not_draw_long_prompts_past_an_emptier_peer() {
     fast.load.prompt_tokens_per_second = Some(80_000.0);
     let mut slow = pod("10.0.0.2:8000", 1, 4, 0.2);
     slow.load.prompt_tokens_per_second = Some(10_000.0);
-    let t = table(vec![fast, slow]);
+    let t = table(vec![fast.clone(), slow.clone()]);
+    // Each entry reads its class's estimate as of its own report: the next round sees both.
+    for mut r in [fast, slow] {
+        r.seq += 1;
+        t.ingest(r, NOW).unwrap();
+    }
     let s = sched(Policy::Inferpick);
     let long = PickRequest {
         prompt_tokens: Some(8_000),
         ..req()
     };
-    // Costed on one pool-wide throughput, the pod with fewer queued requests is sooner.
+    // Of one hardware class, both are costed on the class's estimate: the pod with fewer queued
+    // requests is sooner.
     for _ in 0..20 {
         let p = s.pick(&t, &long, NOW).unwrap();
         assert_eq!(&*p.endpoint, "10.0.0.2:8000");
@@ -1353,4 +1359,87 @@ fn under_queueing_a_cached_history_outweighs_a_slightly_shorter_queue() {
     };
     assert_eq!(pick(&weighed(4.0), &t, &ask), "10.0.0.3:8000");
     assert_ne!(pick(&weighed(0.0), &t, &ask), "10.0.0.3:8000");
+}
+
+fn on_gpu(
+    mut r: LoadReport,
+    name: &str,
+    health: Option<inferpick_schema::GpuHealth>,
+) -> LoadReport {
+    r.gpus = vec![inferpick_schema::Gpu {
+        uuid: format!("GPU-{}", r.endpoint.address),
+        name: Some(name.into()),
+        health,
+        ..Default::default()
+    }];
+    r
+}
+
+#[test]
+fn a_slower_gpu_is_costed_at_its_own_speed() {
+    let mut h100 = on_gpu(
+        pod("10.0.0.1:8000", 2, 4, 0.2),
+        "NVIDIA H100 80GB HBM3",
+        None,
+    );
+    h100.load.prompt_tokens_per_second = Some(16_000.0);
+    let l4 = on_gpu(pod("10.0.0.2:8000", 0, 4, 0.2), "NVIDIA L4", None);
+    let t = table(vec![h100, l4]);
+    let s = sched(Policy::Inferpick);
+    let long = PickRequest {
+        prompt_tokens: Some(8_000),
+        ..req()
+    };
+    // The L4 has no queue but prefills at an eighth of the H100's rate: the H100 is sooner.
+    let p = s.pick_explained(&t, &long, NOW).unwrap();
+    assert_eq!(&*p.endpoint, "10.0.0.1:8000", "{:?}", p.explain);
+    let short = PickRequest {
+        prompt_tokens: Some(50),
+        ..req()
+    };
+    // A short prompt is sooner on the idle L4.
+    let p = s.pick(&t, &short, NOW).unwrap();
+    assert_eq!(&*p.endpoint, "10.0.0.2:8000");
+}
+
+#[test]
+fn a_throttled_gpu_draws_less_and_a_failed_one_nothing() {
+    use inferpick_schema::{GpuHealth, ThrottleReason};
+    let h100 = "NVIDIA H100 80GB HBM3";
+    let hot = GpuHealth {
+        throttle: vec![ThrottleReason::HwThermal],
+        sm_clock_mhz: Some(594),
+        sm_clock_max_mhz: Some(1980),
+        ..Default::default()
+    };
+    let lost = GpuHealth {
+        lost: true,
+        ..Default::default()
+    };
+    let t = table(vec![
+        on_gpu(pod("10.0.0.1:8000", 1, 4, 0.2), h100, None),
+        on_gpu(pod("10.0.0.2:8000", 1, 4, 0.2), h100, Some(hot)),
+        on_gpu(pod("10.0.0.3:8000", 0, 0, 0.0), h100, Some(lost.clone())),
+    ]);
+    let s = sched(Policy::Inferpick);
+    let long = PickRequest {
+        prompt_tokens: Some(4_000),
+        ..req()
+    };
+    for _ in 0..20 {
+        let p = s.pick_explained(&t, &long, NOW).unwrap();
+        assert_eq!(&*p.endpoint, "10.0.0.1:8000", "{:?}", p.explain);
+        assert_eq!(t.done(p.decision_id.as_u128(), NOW), DoneOutcome::Closed);
+    }
+    let p = s.pick_explained(&t, &long, NOW).unwrap();
+    let explain = serde_json::to_string(&p.explain).unwrap();
+    assert!(explain.contains("gpu_failed"), "{explain}");
+    // With every GPU failed, the refusal says so.
+    let t = table(vec![on_gpu(
+        pod("10.0.0.3:8000", 0, 0, 0.0),
+        h100,
+        Some(lost),
+    )]);
+    let err = s.pick(&t, &long, NOW).unwrap_err().to_string();
+    assert!(err.contains("1 with a failed GPU"), "{err}");
 }

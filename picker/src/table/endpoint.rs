@@ -7,8 +7,17 @@ use std::time::Duration;
 
 use inferpick_schema::{LoadReport, ModelEntry};
 
-use super::capacity;
+use super::capacity::{Capacity, Classes, Learned, Share};
 use super::counters::{EndpointCounters, EndpointId, Inflight};
+use super::hardware::{CapacityPin, Hardware, gpu_condition};
+
+/// What a new entry learns with: the hardware classes' estimates (updated with its own) and the
+/// operator's pins.
+#[derive(Debug)]
+pub(crate) struct Learning<'a> {
+    pub(crate) classes: &'a mut Classes,
+    pub(crate) pins: &'a [CapacityPin],
+}
 
 /// Whether an endpoint may be picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -19,11 +28,14 @@ pub enum EndpointState {
     Stale,
     /// Fresh report, but the engine is not ready (or its agent could not scrape it).
     NotReady,
+    /// Fresh report, but one of its GPUs reports a fatal condition (lost, uncorrectable ECC
+    /// errors, a fatal XID): nothing is routed there until a report says otherwise.
+    GpuFailed,
 }
 
 impl EndpointState {
     /// Every state, in metric order.
-    pub const ALL: [EndpointState; 3] = [Self::Ready, Self::Stale, Self::NotReady];
+    pub const ALL: [EndpointState; 4] = [Self::Ready, Self::Stale, Self::NotReady, Self::GpuFailed];
 
     /// The name used in metrics and `/v1/endpoints`.
     pub fn as_str(self) -> &'static str {
@@ -31,16 +43,19 @@ impl EndpointState {
             Self::Ready => "ready",
             Self::Stale => "stale",
             Self::NotReady => "not_ready",
+            Self::GpuFailed => "gpu_failed",
         }
     }
 
     /// The state of an endpoint whose report is `age_ns` old, against the staleness bound.
     #[inline]
-    fn of(age_ns: u64, max_report_age_ns: u64, ready: bool) -> Self {
+    fn of(age_ns: u64, max_report_age_ns: u64, ready: bool, gpu_failed: bool) -> Self {
         if age_ns > max_report_age_ns {
             Self::Stale
         } else if !ready {
             Self::NotReady
+        } else if gpu_failed {
+            Self::GpuFailed
         } else {
             Self::Ready
         }
@@ -138,8 +153,16 @@ pub struct Endpoint {
     pub report: Arc<LoadReport>,
     /// When it arrived, on the picker's clock.
     pub arrived_at: Duration,
-    /// Estimated prefill capacity (tokens/s), see `capacity`. Unknown until it has queued.
-    pub peak_prompt_tokens_per_second: Option<f64>,
+    /// What its GPUs are and how fast that is.
+    pub hardware: Hardware,
+    /// What its own reports have shown of its speed.
+    pub learned: Learned,
+    /// Its capacity as picks read it, see `capacity`.
+    pub capacity: Capacity,
+    /// Which GPU has a fatal condition and what, when one does.
+    pub gpu_failure: Option<Arc<str>>,
+    /// Its contribution to its hardware class's estimates.
+    pub(crate) share: Share,
     /// Agents that reported for this address before the current one, newest last.
     pub(crate) retired_agents: Arc<[Arc<str>]>,
     model_keys: ModelKeys,
@@ -147,68 +170,52 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// A new entry for `report`, continuing the capacity estimate `previous_peak`.
+    /// A new entry for `report`. `previous` is the entry it replaces (same address), whose
+    /// learned capacity it continues; `classes` is updated with its own estimates.
     pub(crate) fn new(
         report: LoadReport,
         arrived_at: Duration,
-        previous_peak: Option<f64>,
+        previous: Option<&Endpoint>,
         retired_agents: Arc<[Arc<str>]>,
         counters: EndpointCounters,
+        learning: Learning<'_>,
     ) -> Self {
-        let address = report.endpoint.address.as_str().into();
-        let model_keys = ModelKeys::new(&report.models);
-        Self::with_keys(
-            report,
-            arrived_at,
-            previous_peak,
-            retired_agents,
-            counters,
-            address,
-            model_keys,
-        )
-    }
-
-    /// The entry that replaces `self` with `report` (same address): it continues the capacity
-    /// estimate and the counters, and shares what did not change (the address, the model keys).
-    pub(crate) fn succeed(
-        &self,
-        report: LoadReport,
-        arrived_at: Duration,
-        retired_agents: Arc<[Arc<str>]>,
-    ) -> Self {
-        debug_assert_eq!(*self.address, *report.endpoint.address);
-        let model_keys = ModelKeys::reuse(&self.report.models, &self.model_keys, &report.models);
-        Self::with_keys(
-            report,
-            arrived_at,
-            self.peak_prompt_tokens_per_second,
-            retired_agents,
-            self.counters.clone(),
-            self.address.clone(),
-            model_keys,
-        )
-    }
-
-    fn with_keys(
-        report: LoadReport,
-        arrived_at: Duration,
-        previous_peak: Option<f64>,
-        retired_agents: Arc<[Arc<str>]>,
-        counters: EndpointCounters,
-        address: Arc<str>,
-        model_keys: ModelKeys,
-    ) -> Self {
-        let peak = capacity::next(
-            previous_peak,
-            capacity::computed_prompt_rate(&report.load),
-            report.load.requests_waiting.unwrap_or(0),
+        debug_assert!(previous.is_none_or(|p| *p.address == *report.endpoint.address));
+        let (address, model_keys) = match previous {
+            Some(p) => (
+                p.address.clone(),
+                ModelKeys::reuse(&p.report.models, &p.model_keys, &report.models),
+            ),
+            None => (
+                report.endpoint.address.as_str().into(),
+                ModelKeys::new(&report.models),
+            ),
+        };
+        let hardware = Hardware::of(&report);
+        let (speed, gpu_failure) = gpu_condition(&report);
+        let learned = Learned::next(
+            previous.map(|p| p.learned).unwrap_or_default(),
+            &report.load,
+            speed,
+        );
+        let pinned = CapacityPin::find(learning.pins, &report);
+        let (capacity, share) = learning.classes.learn(
+            previous.map(|p| &p.share),
+            &hardware,
+            &learned,
+            speed,
+            pinned,
         );
         Self {
             address,
             model_keys,
             report: Arc::new(report),
             arrived_at,
-            peak_prompt_tokens_per_second: peak,
+            hardware,
+            learned,
+            capacity,
+            gpu_failure,
+            share,
             retired_agents,
             counters,
         }
@@ -246,6 +253,7 @@ impl Endpoint {
             duration_ns(self.age(now)),
             duration_ns(max_report_age),
             self.report.engine.ready,
+            self.gpu_failure.is_some(),
         )
     }
 
@@ -294,16 +302,22 @@ pub(crate) struct ScanRecord {
     /// Arrival of its report, in nanoseconds on the picker's clock.
     pub(crate) arrived_ns: u64,
     /// KV cache utilization; NaN when not reported.
-    pub(crate) kv: f64,
+    pub(crate) kv: f32,
+    /// [`Capacity::decode_scale`].
+    pub(crate) decode_scale: f32,
     /// KV capacity in tokens; 0 when unknown (the cost treats both alike).
     pub(crate) kv_capacity_tokens: u64,
-    /// Prefill capacity estimate (tokens/s); 0 when unknown.
-    pub(crate) peak_prompt_tokens_per_second: f64,
+    /// [`Capacity::prefill_tokens_per_second`]; 0 when unknown.
+    pub(crate) prefill_tokens_per_second: f32,
+    /// [`Capacity::prior_scale`].
+    pub(crate) prior_scale: f32,
     pub(crate) waiting: u32,
     pub(crate) running: u32,
     /// The endpoint's id: its counters are `Snapshot::cell(id)`.
     pub(crate) id: EndpointId,
     pub(crate) ready: bool,
+    /// A GPU reports a fatal condition.
+    pub(crate) gpu_failed: bool,
     /// The first model is a LoRA adapter.
     pub(crate) model_is_adapter: bool,
     /// It lists more than one model: other keys are in the endpoint's [`ModelKeys`].
@@ -328,9 +342,12 @@ impl ScanRecord {
             arrived_ns: duration_ns(e.arrived_at),
             waiting: load.requests_waiting.unwrap_or(0),
             running: load.requests_running.unwrap_or(0),
-            kv: load.kv_cache_utilization.unwrap_or(f64::NAN),
+            gpu_failed: e.gpu_failure.is_some(),
+            kv: load.kv_cache_utilization.unwrap_or(f64::NAN) as f32,
+            decode_scale: e.capacity.decode_scale as f32,
             kv_capacity_tokens: load.kv_cache_capacity_tokens.unwrap_or(0),
-            peak_prompt_tokens_per_second: e.peak_prompt_tokens_per_second.unwrap_or(0.0),
+            prefill_tokens_per_second: e.capacity.prefill_tokens_per_second.unwrap_or(0.0) as f32,
+            prior_scale: e.capacity.prior_scale as f32,
             id: e.counters.id,
         }
     }
@@ -355,13 +372,14 @@ impl ScanRecord {
             now_ns.saturating_sub(self.arrived_ns),
             max_report_age_ns,
             self.ready,
+            self.gpu_failed,
         )
     }
 
     /// KV utilization as reported, if it was.
     #[inline]
     pub(crate) fn kv(&self) -> Option<f64> {
-        (!self.kv.is_nan()).then_some(self.kv)
+        (!self.kv.is_nan()).then_some(f64::from(self.kv))
     }
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use inferpick_schema::{LoadReport, ValidationError};
 
-use super::endpoint::{Endpoint, duration_ns};
+use super::counters::EndpointCounters;
+use super::endpoint::{Endpoint, Learning, duration_ns};
 use super::snapshot::{ShardView, shard_of};
 use super::{Table, lock};
 
@@ -218,6 +219,24 @@ impl Table {
             })
     }
 
+    /// The entry for `report`, learning its capacity (and updating its hardware class's).
+    fn entry(
+        &self,
+        report: LoadReport,
+        now: Duration,
+        previous: Option<&Endpoint>,
+        retired: Arc<[Arc<str>]>,
+        counters: EndpointCounters,
+    ) -> Endpoint {
+        let config = self.config.load();
+        let mut classes = lock(&self.classes);
+        let learning = Learning {
+            classes: &mut classes,
+            pins: &config.capacity_pins,
+        };
+        Endpoint::new(report, now, previous, retired, counters, learning)
+    }
+
     /// Applies one valid report to a shard's (unpublished) entry list.
     fn apply(
         &self,
@@ -229,7 +248,7 @@ impl Table {
         let pos = match entries.binary_search_by(|e| (*e.address).cmp(address)) {
             Err(pos) => {
                 let counters = lock(&self.ids).take();
-                let entry = Endpoint::new(report, now, None, Arc::from([]), counters);
+                let entry = self.entry(report, now, None, Arc::from([]), counters);
                 entries.insert(pos, Arc::new(entry));
                 return IngestOutcome::Added;
             }
@@ -259,7 +278,7 @@ impl Table {
                 duration_ns(now).saturating_add(duration_ns(IDLE_REPORT_PREFILL_BOUND)),
             );
         }
-        let entry = prev.succeed(report, now, retired);
+        let entry = self.entry(report, now, Some(prev), retired, prev.counters.clone());
         entries[pos] = Arc::new(entry);
         outcome
     }

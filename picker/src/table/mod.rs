@@ -24,6 +24,7 @@ mod capacity;
 mod counters;
 mod endpoint;
 mod exact;
+mod hardware;
 mod ingest;
 mod ledger;
 mod snapshot;
@@ -36,9 +37,11 @@ use arc_swap::ArcSwap;
 use inferpick_schema::ValidationError;
 use inferpick_schema::kv::{KvEvents, KvStreamState};
 
+pub use capacity::{Capacity, DecodeFit, Learned, Source as CapacitySource};
 pub use counters::{EndpointId, Inflight};
 pub use endpoint::{Endpoint, EndpointState, ModelKey};
 pub use exact::{KvOutcome, StreamView};
+pub use hardware::{CapacityPin, Hardware, PinMatch};
 pub use ingest::{IngestError, IngestOutcome};
 pub use ledger::{DoneOutcome, Prediction};
 pub use snapshot::Snapshot;
@@ -51,6 +54,7 @@ pub(crate) use affinity::Holders;
 pub(crate) use exact::ExactMatch;
 
 use affinity::Affinity;
+use capacity::Classes;
 use counters::IdAllocator;
 use exact::Exact;
 use ledger::Ledger;
@@ -81,6 +85,8 @@ pub struct TableConfig {
     /// An endpoint whose KV-event stream was last heard live longer ago than this is routed on the
     /// approximate index.
     pub kv_max_age: Duration,
+    /// Prefill rates the operator fixed for some endpoints; the first match wins.
+    pub capacity_pins: Vec<CapacityPin>,
 }
 
 impl Default for TableConfig {
@@ -94,6 +100,7 @@ impl Default for TableConfig {
             exact_blocks_per_endpoint: 262_144,
             exact_blocks_total: 4_194_304,
             kv_max_age: Duration::from_secs(5),
+            capacity_pins: Vec::new(),
         }
     }
 }
@@ -112,6 +119,8 @@ pub struct Table {
     affinity: Mutex<Affinity>,
     exact: Mutex<Exact>,
     ids: Mutex<IdAllocator>,
+    /// The hardware classes' capacity estimates (taken inside a shard's writer lock).
+    classes: Mutex<Classes>,
     /// Endpoints in the table. A push reserves room for its new endpoints here before it changes
     /// anything, so the cap holds across shards written concurrently.
     len: AtomicUsize,
@@ -143,6 +152,7 @@ impl Table {
             publish: Mutex::new(()),
             ledger: Mutex::new(Ledger::default()),
             ids: Mutex::new(IdAllocator::default()),
+            classes: Mutex::new(Classes::default()),
             len: AtomicUsize::new(0),
         }
     }
@@ -243,6 +253,11 @@ impl Table {
                 .cloned()
                 .partition(|e| e.age(now) <= forget_after);
             forgotten.extend(gone.iter().map(|e| e.id()));
+            let mut classes = lock(&self.classes);
+            for e in &gone {
+                classes.update(Some(&e.share), None);
+            }
+            drop(classes);
             self.publish_shard(s, keep);
             self.len.fetch_sub(gone.len(), Ordering::AcqRel);
         }
@@ -370,5 +385,7 @@ impl Table {
     }
 }
 
+#[cfg(test)]
+mod capacity_tests;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -350,7 +350,8 @@ fn prefill_capacity_survives_an_idle_report() {
         .snapshot()
         .get("10.0.0.1:8000")
         .unwrap()
-        .peak_prompt_tokens_per_second
+        .learned
+        .prefill
         .unwrap();
     assert_eq!(capacity, 12_000.0);
 }

@@ -13,8 +13,10 @@
 //! that history and overloads itself.
 //! Routed prefill drains at the throughput it was costed at, whatever reports arrive meanwhile (a
 //! report shows a routed request as one more running request, not the prefill it still carries),
-//! so a burst between two reports spreads instead of herding. Throughput is one figure for the pool,
-//! the mean of the endpoints' capacity estimates. Prefix and session credit apply only to endpoints
+//! so a burst between two reports spreads instead of herding. Throughput is the endpoint's own
+//! (its hardware class's unless its own differs clearly, throttling included, never below the
+//! floor scaled by its GPUs' relative speed), and the batch slowdown scales with its decode step
+//! cost against an H100's. Prefix and session credit apply only to endpoints
 //! that are not overloaded relative to the pool (imbalance guard), so affinity cannot cause a death
 //! spiral.
 
@@ -133,19 +135,11 @@ impl Profile for Inferpick {
     ) {
         let m = &self.cost;
         let floor = m.prefill_floor_tokens_per_second;
-        let (min_load, capacity_sum) = cands.iter().fold((u64::MAX, 0.0), |(l, t), c| {
-            (
-                l.min(c.load()),
-                t + c.peak_prompt_tokens_per_second.max(floor),
-            )
-        });
+        let (min_load, waiting_sum) = cands
+            .iter()
+            .fold((u64::MAX, 0), |(l, w), c| (l.min(c.load()), w + c.waiting));
         let min_load = if cands.is_empty() { 0 } else { min_load };
-        // One throughput for the whole pool (the mean of the endpoints' capacity estimates): an
-        // endpoint whose estimate runs high would otherwise look faster than its peers and draw the
-        // long prompts, which is what makes their tail.
-        let throughput = capacity_sum / cands.len().max(1) as f64;
-        let mean_waiting =
-            cands.iter().map(|c| c.waiting as f64).sum::<f64>() / cands.len().max(1) as f64;
+        let mean_waiting = waiting_sum as f64 / cands.len().max(1) as f64;
         let miss_weight = 1.0 + mean_waiting.min(m.miss_weight_max_waiting);
         for c in cands.iter_mut() {
             let load = c.load();
@@ -160,10 +154,13 @@ impl Profile for Inferpick {
             };
             let uncached = (request.prompt_tokens as f64 - credit).max(0.0);
             let queued = (c.waiting * m.default_prompt_tokens) as f64;
+            // Its own rate: endpoints of one hardware class share one (see `table::capacity`),
+            // so only real differences in speed move work between them.
+            let throughput = c.prefill_tokens_per_second.max(floor * c.prior_scale);
             c.ask_prefill_seconds = m.routed_prefill_drain_ratio * uncached / throughput;
             let prefill =
                 (queued + miss_weight * uncached) / throughput + c.prefill_backlog_seconds;
-            let batch = c.running as f64 * m.seconds_per_running_request;
+            let batch = c.running as f64 * m.seconds_per_running_request * c.decode_scale;
             let pressure = LoadSignals::of(c)
                 .kv_with(c.inflight_tokens + request.prompt_tokens)
                 .map_or(0.0, |k| {
