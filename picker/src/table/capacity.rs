@@ -48,10 +48,12 @@ const DECODE_WEIGHT: f64 = 0.05;
 const DECODE_MIN_SAMPLES: u32 = 20;
 /// Busy intervals before an endpoint's own prefill estimate may stand apart from its class's.
 const OWN_MIN_SAMPLES: u32 = 20;
-/// An endpoint's own estimate replaces its class's only when it differs from it by more than
-/// this fraction: estimates of identical hardware differ by noise, and a cost that believed the
-/// noise would send the long prompts to whichever endpoint's estimate runs high.
-const OWN_DEADBAND: f64 = 0.25;
+/// An endpoint's own estimate replaces its class's only when one is more than this multiple of the
+/// other: estimates of identical hardware differ by noise (in the lab's 8-pod `mixed` runs, by up
+/// to half the class's mean: believing that much sent the long prompts to whichever endpoint's
+/// estimate ran high, and TTFT p99 went from 0.72 to 2.8 s), so only a gross difference — a
+/// misconfigured or starved engine — counts as the endpoint's own.
+const OWN_RATIO: f64 = 2.0;
 
 /// The decode step time as a line in the running batch, `a + b × running`, fitted by
 /// exponentially weighted moments over the intervals in which the engine decoded.
@@ -286,7 +288,7 @@ impl Classes {
             match (own.prefill, class.prefill()) {
                 (Some(o), Some(c))
                     if own.prefill_samples >= OWN_MIN_SAMPLES
-                        && (o - c).abs() > OWN_DEADBAND * c =>
+                        && (o > OWN_RATIO * c || o * OWN_RATIO < c) =>
                 {
                     (Some(o), Source::Own)
                 }

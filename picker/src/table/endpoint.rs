@@ -191,7 +191,10 @@ impl Endpoint {
                 ModelKeys::new(&report.models),
             ),
         };
-        let hardware = Hardware::of(&report);
+        let hardware = match previous {
+            Some(p) if Hardware::same(&p.report, &report) => p.hardware.clone(),
+            _ => Hardware::of(&report),
+        };
         let (speed, gpu_failure) = gpu_condition(&report);
         let learned = Learned::next(
             previous.map(|p| p.learned).unwrap_or_default(),

@@ -84,6 +84,15 @@ impl Hardware {
         }
     }
 
+    /// Whether two reports describe the same hardware (what [`Hardware::of`] reads is equal), so
+    /// that the usual report reuses its predecessor's class without formatting it again.
+    pub(crate) fn same(a: &LoadReport, b: &LoadReport) -> bool {
+        a.gpus.len() == b.gpus.len()
+            && a.engine.tensor_parallel_size == b.engine.tensor_parallel_size
+            && a.gpus.iter().find_map(|g| g.name.as_deref())
+                == b.gpus.iter().find_map(|g| g.name.as_deref())
+    }
+
     fn unknown(tp: Option<u32>) -> Self {
         let label = match tp {
             None | Some(1) => "unknown".to_string(),
