@@ -3,6 +3,7 @@
 
 mod nvml;
 pub mod pod_resources;
+pub mod reading;
 
 use std::path::Path;
 
