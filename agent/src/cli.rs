@@ -114,6 +114,16 @@ pub struct Args {
     #[arg(long, env = "INFERPICK_GPU", default_value = "auto")]
     pub gpu: GpuSpec,
 
+    /// Read the GPUs from this URL at every report instead of NVML: a JSON array of the report's
+    /// `gpus[]` entries. For emulated fleets and tests (the lab's emulator serves `/lab/gpus`).
+    #[arg(long, env = "INFERPICK_GPU_STATE_URL", value_name = "URL")]
+    pub gpu_state_url: Option<String>,
+
+    /// GPUs one model replica spans (the engine's tensor parallel size), reported to the pickers
+    /// as a prior for this endpoint's speed; no engine's metrics say it.
+    #[arg(long, env = "INFERPICK_TENSOR_PARALLEL_SIZE", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tensor_parallel_size: Option<u32>,
+
     /// The kubelet pod-resources API socket.
     #[arg(
         long,

@@ -44,6 +44,8 @@ pub struct Collector {
     last_load: Option<Load>,
     /// Timed-out scrapes since `last_load`.
     slow: u32,
+    /// `--tensor-parallel-size`: no engine's metrics say it, so only the operator does.
+    tensor_parallel_size: Option<u32>,
 }
 
 impl Collector {
@@ -62,7 +64,14 @@ impl Collector {
             url: url.to_string(),
             last_load: None,
             slow: 0,
+            tensor_parallel_size: None,
         }
+    }
+
+    /// Reports `tp` as the engine's tensor parallel size in every observation.
+    pub fn with_tensor_parallel_size(mut self, tp: Option<u32>) -> Self {
+        self.tensor_parallel_size = tp;
+        self
     }
 
     /// The engine kind known so far.
@@ -96,7 +105,7 @@ impl Collector {
                         ready: true,
                         error: None,
                         scrape_ms,
-                        tensor_parallel_size: None,
+                        tensor_parallel_size: self.tensor_parallel_size,
                     },
                     load,
                     models,
@@ -118,7 +127,7 @@ impl Collector {
                             self.slow
                         ))),
                         scrape_ms,
-                        tensor_parallel_size: None,
+                        tensor_parallel_size: self.tensor_parallel_size,
                     },
                     load: self.last_load.clone().unwrap_or_default(),
                     models: self.models.clone(),
@@ -133,7 +142,7 @@ impl Collector {
                         ready: false,
                         error: Some(truncate(e.to_string())),
                         scrape_ms,
-                        tensor_parallel_size: None,
+                        tensor_parallel_size: self.tensor_parallel_size,
                     },
                     load: Load::default(),
                     models: self.models.clone(),
@@ -151,7 +160,7 @@ impl Collector {
                 ready: false,
                 error: Some(reason.to_string()),
                 scrape_ms: None,
-                tensor_parallel_size: None,
+                tensor_parallel_size: self.tensor_parallel_size,
             },
             load: Load::default(),
             models: self.models.clone(),
@@ -231,6 +240,25 @@ mod tests {
         assert_eq!(o.load.requests_waiting, Some(2));
         assert_eq!(o.models[0].name, "m");
         assert_eq!(o.engine.scrape_ms, Some(3.0));
+    }
+
+    #[test]
+    fn the_tensor_parallel_size_given_is_in_every_observation() {
+        let mut c = Collector::new(EngineChoice::Auto, "http://e/metrics");
+        assert_eq!(ok(&mut c, VLLM).engine.tensor_parallel_size, None);
+        let mut c = Collector::new(EngineChoice::Auto, "http://e/metrics")
+            .with_tensor_parallel_size(Some(2));
+        assert_eq!(ok(&mut c, VLLM).engine.tensor_parallel_size, Some(2));
+        let failed = c.observe(
+            Err(ScrapeError::Unrecognized {
+                url: "http://e/metrics".into(),
+            }),
+            Duration::from_secs(2),
+            Duration::from_millis(1),
+        );
+        assert!(!failed.engine.ready);
+        assert_eq!(failed.engine.tensor_parallel_size, Some(2));
+        assert_eq!(c.stopping("bye").engine.tensor_parallel_size, Some(2));
     }
 
     fn timeout(c: &mut Collector) -> Observation {

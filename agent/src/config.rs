@@ -43,6 +43,12 @@ pub struct Config {
     pub request_timeout: Duration,
     /// GPU selection.
     pub gpu: GpuSpec,
+    /// `--gpu-state-url`: GPUs read from this URL instead of NVML.
+    pub gpu_state_url: Option<Url>,
+    /// Bound on one read of `gpu_state_url`.
+    pub gpu_state_timeout: Duration,
+    /// `--tensor-parallel-size`.
+    pub tensor_parallel_size: Option<u32>,
     /// kubelet pod-resources socket.
     pub pod_resources_socket: PathBuf,
     /// Own HTTP listener.
@@ -203,6 +209,27 @@ impl Config {
                 }
             },
         };
+        let gpu_state_url = match args.gpu_state_url.as_deref().map(Url::parse) {
+            None => None,
+            Some(Ok(u)) if u.scheme() == "http" => Some(u),
+            Some(Ok(u)) => {
+                fail(
+                    "--gpu-state-url",
+                    format!("{u}: only http:// URLs are supported"),
+                );
+                None
+            }
+            Some(Err(e)) => {
+                fail(
+                    "--gpu-state-url",
+                    format!(
+                        "{:?} is not a URL: {e}",
+                        args.gpu_state_url.as_deref().unwrap_or("")
+                    ),
+                );
+                None
+            }
+        };
         if args.kv_events_max_blocks == 0 {
             fail(
                 "--kv-events-max-blocks",
@@ -228,6 +255,10 @@ impl Config {
             ca_roots,
             request_timeout: args.request_timeout,
             gpu: args.gpu.clone(),
+            gpu_state_url,
+            // A GPU state server that is slow must not make the GPUs lag a report behind.
+            gpu_state_timeout: (args.interval / 2).max(Duration::from_millis(5)),
+            tensor_parallel_size: args.tensor_parallel_size,
             pod_resources_socket: args.pod_resources_socket.clone(),
             listen: args.listen,
             kv_events: kv_events.filter(|_| !args.once),
@@ -331,6 +362,44 @@ mod tests {
                 "--kv-events-max-blocks"
             ]
         );
+    }
+
+    #[test]
+    fn gpu_state_url_and_tensor_parallel_size_are_checked() {
+        let c = parse(&[
+            "--endpoint",
+            "10.0.0.1:8000",
+            "--gpu-state-url",
+            "http://127.0.0.1:7000/lab/gpus",
+            "--tensor-parallel-size",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.gpu_state_url.unwrap().as_str(),
+            "http://127.0.0.1:7000/lab/gpus"
+        );
+        assert_eq!(c.gpu_state_timeout, Duration::from_millis(50));
+        assert_eq!(c.tensor_parallel_size, Some(2));
+        let c = parse(&["--endpoint", "10.0.0.1:8000"]).unwrap();
+        assert_eq!((c.gpu_state_url, c.tensor_parallel_size), (None, None));
+        let errs = parse(&[
+            "--endpoint",
+            "10.0.0.1:8000",
+            "--gpu-state-url",
+            "file:///x",
+        ])
+        .unwrap_err();
+        assert_eq!(errs[0].flag, "--gpu-state-url");
+        assert!(errs[0].to_string().contains("only http://"), "{}", errs[0]);
+        for bad in ["0", "-1", "two"] {
+            let flag = format!("--tensor-parallel-size={bad}");
+            let err = Args::try_parse_from(["inferpick-agent", flag.as_str()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--tensor-parallel-size"), "{err}");
+            assert!(err.contains(bad), "{err}");
+        }
     }
 
     #[test]

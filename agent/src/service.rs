@@ -67,7 +67,8 @@ impl Scraper {
     fn new(config: &Config) -> Self {
         Scraper {
             engine: Engine::new(config.engine_url.clone(), config.scrape_timeout),
-            collector: Collector::new(config.engine, config.engine_url.as_str()),
+            collector: Collector::new(config.engine, config.engine_url.as_str())
+                .with_tensor_parallel_size(config.tensor_parallel_size),
             started: Instant::now(),
             models_due: Instant::now(),
         }
@@ -108,13 +109,7 @@ impl Scraper {
 /// Scrapes once and returns the report, or the one-line reason it is not ready.
 pub async fn once(config: Config) -> Result<LoadReport, AgentError> {
     let mut scraper = Scraper::new(&config);
-    let source = gpu::open(
-        &config.gpu,
-        &config.pod_resources_socket,
-        config.namespace.as_deref(),
-        config.pod.as_deref(),
-    )
-    .await;
+    let source = gpu::open_configured(&config).await;
     let gpus = match source {
         Some(s) => tokio::task::spawn_blocking(move || s.read())
             .await
@@ -321,7 +316,8 @@ fn start_kv_events(
     Ok(tasks)
 }
 
-/// Samples the GPUs every [`GPU_EVERY`] into `into`, off the async runtime (NVML blocks).
+/// Samples the GPUs into `into`, off the async runtime (NVML blocks): every [`GPU_EVERY`], or
+/// every interval from a `--gpu-state-url` (an emulated GPU's change must reach the next report).
 async fn sample_gpus(
     config: Config,
     source: Option<Arc<dyn GpuSource>>,
@@ -329,19 +325,18 @@ async fn sample_gpus(
 ) {
     let source = match source {
         Some(s) => s,
-        None => match gpu::open(
-            &config.gpu,
-            &config.pod_resources_socket,
-            config.namespace.as_deref(),
-            config.pod.as_deref(),
-        )
-        .await
-        {
+        None => match gpu::open_configured(&config).await {
             Some(s) => Arc::from(s),
             None => return,
         },
     };
-    let mut ticker = tokio::time::interval(GPU_EVERY);
+    let every = if config.gpu_state_url.is_some() {
+        config.interval
+    } else {
+        GPU_EVERY
+    };
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let s = source.clone();

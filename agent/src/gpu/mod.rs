@@ -1,15 +1,18 @@
 //! The pod's GPUs: which ones ([`GpuSpec`], the kubelet pod-resources API) and what NVML says of
-//! them, behind [`GpuSource`] so that everything above it is tested without a GPU.
+//! them (or, for emulated fleets, a URL: [`StateUrlSource`]), behind [`GpuSource`] so that
+//! everything above it is tested without a GPU.
 
 mod nvml;
 pub mod pod_resources;
 pub mod reading;
+mod state_url;
 
 use std::path::Path;
 
 use inferpick_schema::Gpu;
 
 pub use nvml::NvmlSource;
+pub use state_url::StateUrlSource;
 
 /// Reads the current state of the selected GPUs. Blocking: call it off the async runtime.
 pub trait GpuSource: Send + Sync {
@@ -80,6 +83,25 @@ pub fn device_ids_to_uuids(ids: &[String]) -> Vec<GpuId> {
         }
     }
     out
+}
+
+/// The source the configuration asks for: `--gpu-state-url` if given, else NVML as [`open`]
+/// resolves `--gpu`.
+pub async fn open_configured(config: &crate::config::Config) -> Option<Box<dyn GpuSource>> {
+    if let Some(url) = &config.gpu_state_url {
+        tracing::info!(%url, "GPUs read from a GPU state URL, not NVML");
+        return Some(Box::new(StateUrlSource::new(
+            url.clone(),
+            config.gpu_state_timeout,
+        )));
+    }
+    open(
+        &config.gpu,
+        &config.pod_resources_socket,
+        config.namespace.as_deref(),
+        config.pod.as_deref(),
+    )
+    .await
 }
 
 /// Resolves `spec` into a source, or `None` when no GPU is to be (or can be) read. Logs one line
