@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use inferpick_schema::LoadReport;
+use inferpick_schema::{GpuHealth, LoadReport};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +32,22 @@ struct GpuLabels {
     endpoint: String,
     gpu: String,
     uuid: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThrottleLabels {
+    endpoint: String,
+    gpu: String,
+    uuid: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct XidLabels {
+    endpoint: String,
+    gpu: String,
+    uuid: String,
+    xid: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,6 +86,17 @@ pub struct AgentMetrics {
     gpu_utilization: Family<GpuLabels, FGauge>,
     gpu_temperature: Family<GpuLabels, FGauge>,
     gpu_power: Family<GpuLabels, FGauge>,
+    gpu_lost: Family<GpuLabels, FGauge>,
+    gpu_fatal: Family<GpuLabels, FGauge>,
+    gpu_sm_clock: Family<GpuLabels, FGauge>,
+    gpu_ecc: Family<GpuLabels, FGauge>,
+    gpu_pages_pending: Family<GpuLabels, FGauge>,
+    gpu_rows_pending: Family<GpuLabels, FGauge>,
+    gpu_rows_failed: Family<GpuLabels, FGauge>,
+    gpu_pcie_width: Family<GpuLabels, FGauge>,
+    gpu_pcie_generation: Family<GpuLabels, FGauge>,
+    gpu_throttle: Family<ThrottleLabels, FGauge>,
+    gpu_xid: Family<XidLabels, FGauge>,
     scrapes: Family<ResultLabels, Counter>,
     scrape_duration: Histogram,
     pushes: Family<PushLabels, Counter>,
@@ -150,6 +177,54 @@ impl AgentMetrics {
         let gpu_temperature =
             gpu_gauge("inferpick_gpu_temperature_celsius", "GPU core temperature");
         let gpu_power = gpu_gauge("inferpick_gpu_power_watts", "GPU power draw");
+        let gpu_lost = gpu_gauge(
+            "inferpick_gpu_lost",
+            "1 when NVML answers GPU lost for this GPU (fallen off the bus or in need of a reset), else 0",
+        );
+        let gpu_fatal = gpu_gauge(
+            "inferpick_gpu_fatal",
+            "1 when the GPU has a condition that stops routing to it (lost, uncorrectable ECC errors, a failed row remapping, an XID from the fatal set), else 0",
+        );
+        let gpu_sm_clock = gpu_gauge(
+            "inferpick_gpu_sm_clock_ratio",
+            "SM clock over its maximum (0..1)",
+        );
+        let gpu_ecc = gpu_gauge(
+            "inferpick_gpu_ecc_uncorrectable_errors",
+            "Uncorrectable ECC errors since the driver loaded",
+        );
+        let gpu_pages_pending = gpu_gauge(
+            "inferpick_gpu_retired_pages_pending",
+            "1 when retired memory pages wait for a GPU reset, else 0",
+        );
+        let gpu_rows_pending = gpu_gauge(
+            "inferpick_gpu_remapped_rows_pending",
+            "1 when memory rows wait to be remapped at the next GPU reset, else 0",
+        );
+        let gpu_rows_failed = gpu_gauge(
+            "inferpick_gpu_remapped_rows_failed",
+            "1 when a memory row remapping failed, else 0",
+        );
+        let gpu_pcie_width = gpu_gauge(
+            "inferpick_gpu_pcie_link_width_ratio",
+            "PCIe lanes in use over the most the GPU and its slot support (0..1)",
+        );
+        let gpu_pcie_generation = gpu_gauge(
+            "inferpick_gpu_pcie_link_generation_ratio",
+            "PCIe link generation in use over the highest supported (0..1; idle GPUs drop it to save power)",
+        );
+        let gpu_throttle = Family::<ThrottleLabels, FGauge>::default();
+        registry.register(
+            "inferpick_gpu_throttle_active",
+            "1 for each reason that now holds the GPU's clocks down (sw-thermal, hw-thermal, hw-slowdown, hw-power-brake, sw-power-cap)",
+            gpu_throttle.clone(),
+        );
+        let gpu_xid = Family::<XidLabels, FGauge>::default();
+        registry.register(
+            "inferpick_gpu_xid_errors",
+            "1 for each XID error code the GPU raised since the agent started",
+            gpu_xid.clone(),
+        );
         let scrapes = Family::<ResultLabels, Counter>::default();
         registry.register(
             "inferpick_agent_scrapes",
@@ -199,6 +274,17 @@ impl AgentMetrics {
             gpu_utilization,
             gpu_temperature,
             gpu_power,
+            gpu_lost,
+            gpu_fatal,
+            gpu_sm_clock,
+            gpu_ecc,
+            gpu_pages_pending,
+            gpu_rows_pending,
+            gpu_rows_failed,
+            gpu_pcie_width,
+            gpu_pcie_generation,
+            gpu_throttle,
+            gpu_xid,
             scrapes,
             scrape_duration,
             pushes,
@@ -266,9 +352,20 @@ impl AgentMetrics {
             &self.gpu_utilization,
             &self.gpu_temperature,
             &self.gpu_power,
+            &self.gpu_lost,
+            &self.gpu_fatal,
+            &self.gpu_sm_clock,
+            &self.gpu_ecc,
+            &self.gpu_pages_pending,
+            &self.gpu_rows_pending,
+            &self.gpu_rows_failed,
+            &self.gpu_pcie_width,
+            &self.gpu_pcie_generation,
         ] {
             family.clear();
         }
+        self.gpu_throttle.clear();
+        self.gpu_xid.clear();
         for gpu in &report.gpus {
             let labels = GpuLabels {
                 endpoint: endpoint.clone(),
@@ -295,6 +392,9 @@ impl AgentMetrics {
                     family.get_or_create(&labels).set(v);
                 }
             }
+            if let Some(health) = &gpu.health {
+                self.set_health(&labels, health);
+            }
         }
         self.info.clear();
         self.info
@@ -303,6 +403,59 @@ impl AgentMetrics {
                 engine: report.engine.kind.as_str(),
             })
             .set(1);
+    }
+
+    /// The health series of one GPU; a reading the report leaves out exports nothing.
+    fn set_health(&self, labels: &GpuLabels, h: &GpuHealth) {
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let ratio = |now: Option<u32>, max: Option<u32>| match (now, max) {
+            (Some(now), Some(max)) if max > 0 => Some(f64::from(now) / f64::from(max)),
+            _ => None,
+        };
+        for (family, value) in [
+            (&self.gpu_lost, Some(flag(h.lost))),
+            (&self.gpu_fatal, Some(flag(h.fatal().is_some()))),
+            (
+                &self.gpu_sm_clock,
+                ratio(h.sm_clock_mhz, h.sm_clock_max_mhz),
+            ),
+            (&self.gpu_ecc, h.ecc_uncorrectable_errors.map(|n| n as f64)),
+            (&self.gpu_pages_pending, h.retired_pages_pending.map(flag)),
+            (&self.gpu_rows_pending, h.remapped_rows_pending.map(flag)),
+            (&self.gpu_rows_failed, h.remapped_rows_failed.map(flag)),
+            (
+                &self.gpu_pcie_width,
+                ratio(h.pcie_link_width, h.pcie_link_width_max),
+            ),
+            (
+                &self.gpu_pcie_generation,
+                ratio(h.pcie_link_generation, h.pcie_link_generation_max),
+            ),
+        ] {
+            if let Some(v) = value {
+                family.get_or_create(labels).set(v);
+            }
+        }
+        for reason in &h.throttle {
+            self.gpu_throttle
+                .get_or_create(&ThrottleLabels {
+                    endpoint: labels.endpoint.clone(),
+                    gpu: labels.gpu.clone(),
+                    uuid: labels.uuid.clone(),
+                    reason: reason.as_str(),
+                })
+                .set(1.0);
+        }
+        for code in &h.xid_errors {
+            self.gpu_xid
+                .get_or_create(&XidLabels {
+                    endpoint: labels.endpoint.clone(),
+                    gpu: labels.gpu.clone(),
+                    uuid: labels.uuid.clone(),
+                    xid: code.to_string(),
+                })
+                .set(1.0);
+        }
     }
 
     /// The OpenMetrics exposition.
@@ -315,82 +468,4 @@ impl AgentMetrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use inferpick_schema::Gpu;
-    use inferpick_schema::testing::{self, ReportBuilder};
-
-    use super::*;
-
-    /// A ready endpoint serving `m`, with 3 waiting, no running count, and one GPU that does not
-    /// report its temperature.
-    fn report() -> LoadReport {
-        let gpu = Gpu {
-            temperature_celsius: None,
-            ..testing::gpu(0)
-        };
-        ReportBuilder::new("10.0.0.1:8000")
-            .models(&["m"])
-            .waiting(3)
-            .running(None)
-            .kv_utilization(0.5)
-            .gpus(vec![gpu])
-            .build()
-    }
-
-    #[test]
-    fn exports_present_signals_only() {
-        let m = AgentMetrics::new();
-        m.set_report(&report());
-        m.observe_scrape("ok", Duration::from_millis(2));
-        m.observe_push("http://p:9000/v1/reports", false, Duration::from_millis(1));
-        let text = m.render();
-        let gpu = format!(
-            "endpoint=\"10.0.0.1:8000\",gpu=\"0\",uuid=\"{}\"",
-            testing::gpu(0).uuid
-        );
-        for line in [
-            "inferpick_endpoint_requests_waiting{endpoint=\"10.0.0.1:8000\",model=\"m\"} 3.0"
-                .into(),
-            "inferpick_endpoint_kv_cache_utilization{endpoint=\"10.0.0.1:8000\",model=\"m\"} 0.5"
-                .into(),
-            "inferpick_endpoint_ready{endpoint=\"10.0.0.1:8000\",model=\"m\"} 1.0".into(),
-            format!("inferpick_gpu_utilization_ratio{{{gpu}}} 0.87"),
-            format!("inferpick_gpu_power_watts{{{gpu}}} 455.5"),
-            "inferpick_agent_scrapes_total{result=\"ok\"} 1".into(),
-            "inferpick_agent_pushes_total{target=\"http://p:9000/v1/reports\",result=\"error\"} 1"
-                .into(),
-            "inferpick_agent_info{version=\"0.1.0\",engine=\"vllm\"} 1".into(),
-            "# EOF".to_string(),
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
-            );
-        }
-        assert!(
-            !text.contains("inferpick_endpoint_requests_running{"),
-            "absent signal exported:\n{text}"
-        );
-        assert!(
-            !text.contains("inferpick_gpu_temperature_celsius{"),
-            "absent GPU signal exported"
-        );
-    }
-
-    #[test]
-    fn a_newer_report_replaces_the_old_series() {
-        let m = AgentMetrics::new();
-        m.set_report(&report());
-        let mut r = report();
-        r.load.requests_waiting = None;
-        r.engine.ready = false;
-        r.gpus.clear();
-        m.set_report(&r);
-        let text = m.render();
-        assert!(!text.contains("inferpick_endpoint_requests_waiting{"));
-        assert!(
-            text.contains("inferpick_endpoint_ready{endpoint=\"10.0.0.1:8000\",model=\"m\"} 0.0")
-        );
-        assert!(!text.contains("inferpick_gpu_memory_used_bytes{"));
-    }
-}
+mod tests;
