@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use inferpick_schema::{EngineKind, PickRequest, testing};
+use inferpick_schema::{EngineKind, Gpu, GpuHealth, PickRequest, ThrottleReason, testing};
 use inferpick_tests::fleet::{Fleet, FleetSpec, PodSpec};
 use inferpick_tests::tool::PROMTOOL;
 
@@ -70,7 +70,25 @@ async fn agent_and_picker_metrics_pass_promtool_check_metrics() {
     if PROMTOOL.or_skip("metrics_lint").is_none() {
         return;
     }
-    let gpu = testing::gpu(0);
+    // Every GPU health reading, so that each of their families is linted too.
+    let gpu = Gpu {
+        health: Some(GpuHealth {
+            throttle: vec![ThrottleReason::SwPowerCap],
+            sm_clock_mhz: Some(1755),
+            sm_clock_max_mhz: Some(1980),
+            xid_errors: vec![13],
+            ecc_uncorrectable_errors: Some(0),
+            retired_pages_pending: Some(false),
+            remapped_rows_pending: Some(false),
+            remapped_rows_failed: Some(false),
+            pcie_link_generation: Some(5),
+            pcie_link_generation_max: Some(5),
+            pcie_link_width: Some(16),
+            pcie_link_width_max: Some(16),
+            ..GpuHealth::default()
+        }),
+        ..testing::gpu(0)
+    };
     let pod = |engine| PodSpec {
         engine,
         model: "meta-llama/Llama-3.1-8B-Instruct".into(),

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use inferpick_lab::engine::EngineConfig;
-use inferpick_schema::{EngineKind, PickRequest, testing};
+use inferpick_schema::{EngineKind, Gpu, GpuHealth, PickRequest, ThrottleReason, testing};
 use inferpick_tests::contract;
 use inferpick_tests::fleet::{Fleet, FleetSpec, PickOutcome, PodSpec};
 use inferpick_tests::grafana::{self, Dashboard};
@@ -439,6 +439,35 @@ async fn missing(prometheus: &Prometheus, check: &Check) -> Option<String> {
     None
 }
 
+/// `testing::gpu(index)` with every health reading, so that each GPU health panel has data: GPU 2
+/// is slightly throttled by heat, has raised an application XID and has pages pending a reset
+/// (none of which stops routing to it); the others are healthy.
+fn gpu_with_health(index: u32) -> Gpu {
+    let sick = index == 2;
+    Gpu {
+        health: Some(GpuHealth {
+            throttle: if sick {
+                vec![ThrottleReason::HwThermal]
+            } else {
+                Vec::new()
+            },
+            sm_clock_mhz: Some(if sick { 1780 } else { 1980 }),
+            sm_clock_max_mhz: Some(1980),
+            xid_errors: if sick { vec![13] } else { Vec::new() },
+            ecc_uncorrectable_errors: Some(0),
+            retired_pages_pending: Some(sick),
+            remapped_rows_pending: Some(false),
+            remapped_rows_failed: Some(false),
+            pcie_link_generation: Some(5),
+            pcie_link_generation_max: Some(5),
+            pcie_link_width: Some(16),
+            pcie_link_width_max: Some(16),
+            ..GpuHealth::default()
+        }),
+        ..testing::gpu(index)
+    }
+}
+
 /// Requests with a shared 256-character system prompt (prefix-cache hits) and a unique tail.
 fn request(model: &str, priority: i32, n: u64) -> PickRequest {
     let system = "You are a helpful assistant for the inferpick fleet test. ".repeat(5);
@@ -462,7 +491,7 @@ async fn every_dashboard_and_alert_query_returns_data_from_a_live_fleet() {
     let pod = |engine, model: &str, gpu| PodSpec {
         engine,
         model: model.to_owned(),
-        gpu: Some(testing::gpu(gpu)),
+        gpu: Some(gpu_with_health(gpu)),
         agent_args: Vec::new(),
         // The emulators publish KV events and the agents relay them: the prefix-cache panels.
         kv_events: true,
