@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use inferpick_schema::EngineKind;
 
+use crate::demo::fault::Fault;
 use crate::demo::{self, DemoConfig, GatewayKind};
 use crate::emulate::{self, Emulator, EmulatorConfig};
 use crate::engine::EngineConfig;
@@ -85,6 +86,17 @@ pub struct DemoArgs {
     /// With `--json`: also write every request's record.
     #[arg(long, env = "INFERPICK_JSON_REQUESTS", requires = "json")]
     pub json_requests: bool,
+    /// A fault injected into each policy's run, at a time from its start (repeatable):
+    /// `pod-N:throttle=SPEED@TIME` (0 < SPEED ≤ 1), `pod-N:lost@TIME` or `pod-N:recover@TIME`,
+    /// e.g. `pod-2:throttle=0.5@20s`; pods count from 0.
+    #[arg(
+        long = "fault",
+        value_name = "SPEC",
+        env = "INFERPICK_FAULTS",
+        value_delimiter = ',',
+        conflicts_with = "keep"
+    )]
+    pub faults: Vec<Fault>,
 }
 
 /// `capacity`: flags.
@@ -545,6 +557,7 @@ async fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
         gateway: args.gateway,
         kv_events: args.kv_events == Switch::On,
         keep_records: args.json_requests,
+        faults: args.faults,
     };
     if args.keep {
         let stop = shutdown_signal();

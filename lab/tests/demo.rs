@@ -1,10 +1,14 @@
-//! The demo on loopback: `--keep` serves a fresh fleet per policy at OpenAI base URLs, and a short
-//! comparison reports each policy's run and the exact rate it drove.
+//! The demo on loopback: `--keep` serves a fresh fleet per policy at OpenAI base URLs, a short
+//! comparison reports each policy's run and the exact rate it drove, and a lost pod's emulator
+//! refuses requests while the picker routes around it.
 
 use std::time::Duration;
 
-use inferpick_lab::demo::{self, DEMO_MODEL, DemoConfig, GatewayKind, report};
+use inferpick_lab::demo::fault::{self, Fault};
+use inferpick_lab::demo::{self, DEMO_MODEL, DemoConfig, DemoGateway, Fleet, GatewayKind, report};
+use inferpick_lab::engine::EngineConfig;
 use inferpick_lab::workload::Workload;
+use inferpick_schema::EngineKind;
 use serde_json::{Value, json};
 
 fn config(duration: Duration, load: f64) -> DemoConfig {
@@ -17,6 +21,7 @@ fn config(duration: Duration, load: f64) -> DemoConfig {
         gateway: GatewayKind::Builtin,
         kv_events: false,
         keep_records: true,
+        faults: Vec::new(),
     }
 }
 
@@ -99,4 +104,75 @@ async fn a_short_demo_reports_each_run_and_the_exact_rate() {
         );
     }
     assert!(doc["verdict"].as_str().unwrap().starts_with("inferpick "));
+}
+
+/// The state the picker shows for `address` (`ready`, `not-ready`, …).
+async fn picker_state(client: &reqwest::Client, fleet: &Fleet, address: &str) -> String {
+    let v: Value = client
+        .get(format!("http://{}/v1/endpoints", fleet.picker))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let endpoints = v["endpoints"].as_array().unwrap();
+    let e = endpoints.iter().find(|e| e["address"] == address).unwrap();
+    e["state"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_pod_refuses_requests_and_the_picker_routes_around_it() {
+    let fleet = Fleet::start(
+        2,
+        &[EngineKind::Vllm],
+        &[],
+        EngineConfig::default(),
+        demo::REPORT_INTERVAL,
+        false,
+    )
+    .await
+    .unwrap();
+    let addrs: Vec<_> = fleet.emulators.iter().map(|e| e.addr).collect();
+    let lost: Fault = "pod-1:lost@0s".parse().unwrap();
+    fault::inject(&[lost], &addrs, tokio::time::Instant::now())
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let body = json!({"model": DEMO_MODEL, "prompt": "hello", "max_tokens": 2});
+    let r = client
+        .post(format!("http://{}/v1/completions", addrs[1]))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "EngineDeadError", "{v}");
+
+    // Within a few reports the picker no longer counts the lost pod as ready…
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let lost_addr = addrs[1].to_string();
+    while picker_state(&client, &fleet, &lost_addr).await == "ready" {
+        assert!(tokio::time::Instant::now() < deadline, "still ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // …and sends it nothing more: every request goes to the healthy pod and is served.
+    fleet.emulators[1].emulator.record_arrivals();
+    let gw = DemoGateway::start(GatewayKind::Builtin, &fleet, true)
+        .await
+        .unwrap();
+    for _ in 0..8 {
+        let r = client
+            .post(format!("http://{}/v1/completions", gw.addr()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-inferpick-endpoint"], addrs[0].to_string());
+    }
+    assert!(fleet.emulators[1].emulator.arrivals().is_empty());
+    drop(gw);
+    fleet.shutdown().await;
 }

@@ -4,11 +4,16 @@
 //! ([`report`]). With `--keep`, a fleet and gateway per policy are started and left serving for
 //! other clients instead.
 //!
+//! With `--fault` a pod's GPU goes bad during each run ([`fault`]) and the report shows how
+//! routing followed ([`shares`]).
+//!
 //! Everything runs in this process on ports the OS chose, so the demo needs nothing but `cargo`.
 
 pub mod external;
+pub mod fault;
 pub mod gateway;
 pub mod report;
+pub mod shares;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,7 +29,9 @@ use crate::engine::EngineConfig;
 use crate::load::{self, Api, LoadConfig, LoadResult};
 use crate::sim::{E2e, PolicyResult, SimReport, Ttft, capacity};
 use crate::workload::Workload;
+use fault::Fault;
 use gateway::{Gateway, Route, RunningGateway};
+use shares::FaultRun;
 
 /// The demo's default workload (lab/workloads/demo.yaml): short chat, long prompts sharing a
 /// system prompt or document, and LoRA adapters, with short answers so a laptop streams it in real time.
@@ -64,7 +71,13 @@ pub struct DemoConfig {
     pub kv_events: bool,
     /// Keep every request's record in the runs' results.
     pub keep_records: bool,
+    /// Faults injected into each policy's run (see [`fault`]).
+    pub faults: Vec<Fault>,
 }
+
+/// How often the demo's agents report: the picker knows a pod's state (and its GPU's) at most
+/// this late.
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The policies the demo compares, in the order they run: each fronted by its own gateway on its
 /// own fresh fleet.
@@ -251,7 +264,7 @@ impl Fleet {
                 format!("--interval={}", humantime::format_duration(agent_interval)),
                 format!("--pod=emulator-{i}"),
                 "--namespace=lab".into(),
-                "--gpu=none".into(),
+                gpu_flag(addr),
             ];
             let args = inferpick_agent::Args::try_parse_from(flags.into_iter().chain(kv_args))
                 .context("building the agent's flags")?;
@@ -342,6 +355,20 @@ impl Fleet {
     }
 }
 
+/// The agent's GPU source for the pod served at `addr`: the emulator's fake GPU state when the
+/// agent can read GPUs from a URL (so a fault's GPU condition reaches the picker), else none.
+fn gpu_flag(addr: SocketAddr) -> String {
+    use clap::CommandFactory as _;
+    let reads_url = inferpick_agent::Args::command()
+        .get_arguments()
+        .any(|a| a.get_long() == Some("gpu-state-url"));
+    if reads_url {
+        format!("--gpu-state-url=http://{addr}/lab/gpus")
+    } else {
+        "--gpu=none".into()
+    }
+}
+
 /// What the demo measured.
 #[derive(Debug)]
 pub struct DemoOutcome {
@@ -353,6 +380,8 @@ pub struct DemoOutcome {
     pub capacity_per_pod: f64,
     /// Offered requests per second.
     pub rate: f64,
+    /// With faults: how each policy's routing followed them, in the order of `runs`.
+    pub faults: Vec<FaultRun>,
 }
 
 fn as_row(policy: &str, r: &LoadResult, prefix_hit_ratio: Option<f64>) -> PolicyResult {
@@ -392,7 +421,7 @@ async fn fleet_for(
         &[EngineKind::Vllm],
         &config.workload.adapter_names(),
         engine_for(&config.workload),
-        Duration::from_millis(100),
+        REPORT_INTERVAL,
         config.kv_events,
     )
     .await?;
@@ -407,10 +436,12 @@ pub async fn run(
     config: &DemoConfig,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<DemoOutcome> {
+    fault::check(&config.faults, config.pods, config.duration).map_err(anyhow::Error::msg)?;
     let capacity_per_pod = capacity_per_pod(&config.workload, config.seed);
     let rate = config.load * capacity_per_pod * f64::from(config.pods);
     let mut runs = Vec::new();
     let mut rows = Vec::new();
+    let mut faults = Vec::new();
     for policy in POLICIES {
         let (fleet, gw) = fleet_for(config, policy, &mut progress).await?;
         progress(&format!(
@@ -419,6 +450,7 @@ pub async fn run(
             humantime::format_duration(config.duration),
             config.load * 100.0
         ));
+        let injection = (!config.faults.is_empty()).then(|| inject(&config.faults, &fleet));
         let result = load::run(LoadConfig {
             url: format!("http://{}", gw.addr()),
             api: Api::of_workload(&config.workload),
@@ -431,6 +463,18 @@ pub async fn run(
             keep_records: config.keep_records,
         })
         .await;
+        if let Some((start, task)) = injection {
+            task.await??;
+            let capacity = vec![capacity_per_pod; config.pods as usize];
+            faults.push(shares::measure(
+                policy,
+                &config.faults,
+                &fleet.arrivals_since(start),
+                &capacity,
+                config.duration,
+                REPORT_INTERVAL,
+            ));
+        }
         rows.push(as_row(policy, &result, fleet.prefix_hit_ratio()));
         runs.push(result);
         drop(gw);
@@ -445,7 +489,29 @@ pub async fn run(
         runs,
         capacity_per_pod,
         rate,
+        faults,
     })
+}
+
+/// Starts recording every pod's arrivals and posting `faults` at their times from now; returns
+/// the start and the task posting them.
+fn inject(
+    faults: &[Fault],
+    fleet: &Fleet,
+) -> (
+    tokio::time::Instant,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    for e in &fleet.emulators {
+        e.emulator.record_arrivals();
+    }
+    let start = tokio::time::Instant::now();
+    let (faults, addrs) = (
+        faults.to_vec(),
+        fleet.emulators.iter().map(|e| e.addr).collect::<Vec<_>>(),
+    );
+    let task = tokio::spawn(async move { fault::inject(&faults, &addrs, start).await });
+    (start, task)
 }
 
 /// One policy's fleet and gateway, left serving.
@@ -478,6 +544,21 @@ pub async fn keep(
 }
 
 impl Fleet {
+    /// When requests arrived at each pod, from `start` on.
+    pub fn arrivals_since(&self, start: tokio::time::Instant) -> Vec<Vec<Duration>> {
+        let start = start.into_std();
+        self.emulators
+            .iter()
+            .map(|e| {
+                e.emulator
+                    .arrivals()
+                    .iter()
+                    .filter_map(|t| t.checked_duration_since(start))
+                    .collect()
+            })
+            .collect()
+    }
+
     /// The share of prompt tokens the engines' prefix caches served, over every emulator since
     /// the fleet started (`None` before any prompt).
     pub fn prefix_hit_ratio(&self) -> Option<f64> {

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{DEMO_MODEL, DemoConfig, DemoOutcome, KeptPolicy};
+use super::shares::{self, FaultRun};
+use super::{DEMO_MODEL, DemoConfig, DemoOutcome, KeptPolicy, REPORT_INTERVAL};
 use crate::load::LoadResult;
 use crate::sim::{PolicyResult, ms};
 
@@ -84,6 +85,9 @@ pub fn text(config: &DemoConfig, outcome: &DemoOutcome) -> String {
     if let [rr, ip] = &outcome.report.results[..] {
         let _ = writeln!(out, "{}", verdict(rr, ip));
     }
+    for run in &outcome.faults {
+        let _ = write!(out, "\n{}", shares::text(run, REPORT_INTERVAL));
+    }
     out
 }
 
@@ -114,6 +118,9 @@ pub struct DemoJson<'a> {
     pub runs: &'a [LoadResult],
     /// The verdict line.
     pub verdict: Option<String>,
+    /// With `--fault`: per policy, requests per pod per second and each fault's measures.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub faults: &'a [FaultRun],
 }
 
 /// The document `demo --json` writes.
@@ -138,6 +145,7 @@ pub fn json<'a>(config: &'a DemoConfig, outcome: &'a DemoOutcome) -> DemoJson<'a
             [rr, ip] => Some(verdict(rr, ip)),
             _ => None,
         },
+        faults: &outcome.faults,
     }
 }
 

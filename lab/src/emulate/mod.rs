@@ -9,12 +9,14 @@
 //! generates exactly `max_tokens` tokens (as with `ignore_eos`).
 
 pub mod exposition;
+pub mod fault;
 pub mod kv_events;
 mod openai;
 mod peers;
 mod publish;
 mod request;
 
+pub use fault::{Condition, Degrade};
 pub use publish::KvEndpoints;
 
 use std::collections::HashMap;
@@ -55,6 +57,8 @@ pub enum Progress {
     Tokens(u32),
     /// The last token is out.
     Done,
+    /// The engine died (its GPU was lost): nothing more comes.
+    Failed,
 }
 
 /// A request the HTTP layer hands to the emulator.
@@ -80,6 +84,9 @@ pub enum EmulateError {
     /// The tokenizer failed on the prompt.
     #[error("{0}")]
     Tokenize(String),
+    /// The GPU is lost; the engine serves nothing.
+    #[error("EngineDeadError: the engine's GPU is lost")]
+    Lost,
 }
 
 struct Stream {
@@ -97,6 +104,10 @@ struct Core {
     observed: Observed,
     /// Where the prefix cache's KV events go, once [`Emulator::publish_kv_events`] was called.
     kv: Option<KvOut>,
+    /// The GPU's speed, or that it is lost.
+    condition: Condition,
+    /// When each generation request arrived, once [`Emulator::record_arrivals`] was called.
+    arrivals: Option<Vec<Instant>>,
 }
 
 /// The KV-event publisher's side of the core: the sockets' channel and the blocks' token ids.
@@ -114,6 +125,8 @@ pub struct Emulator {
     origin: Instant,
     /// Random per emulator, so that response ids differ across pods as well as across requests.
     instance: u64,
+    /// The emulated GPU's NVML UUID, random per emulator.
+    gpu_uuid: Arc<str>,
 }
 
 impl std::fmt::Debug for Emulator {
@@ -122,6 +135,19 @@ impl std::fmt::Debug for Emulator {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// An NVML-shaped GPU UUID (`GPU-8-4-4-4-12` hex digits) from 128 random bits.
+fn gpu_uuid(bits: u128) -> String {
+    let h = format!("{bits:032x}");
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 fn unix_now() -> f64 {
@@ -159,10 +185,13 @@ impl Emulator {
                 next_id: 0,
                 observed,
                 kv: None,
+                condition: Condition::default(),
+                arrivals: None,
             })),
             wake: Arc::new(Notify::new()),
             origin: Instant::now(),
             instance: rand::random(),
+            gpu_uuid: gpu_uuid(rand::random()).into(),
         }
     }
 
@@ -236,6 +265,9 @@ impl Emulator {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = {
             let mut core = self.lock();
+            if core.condition.lost {
+                return Err(EmulateError::Lost);
+            }
             let id = core.next_id;
             core.next_id += 1;
             if let Some(kv) = &mut core.kv {
@@ -268,6 +300,57 @@ impl Emulator {
     /// The engine's state now.
     pub fn state(&self) -> EngineState {
         self.lock().engine.state()
+    }
+
+    /// How the GPU is doing now.
+    pub fn condition(&self) -> Condition {
+        self.lock().condition
+    }
+
+    /// Applies a fault or a recovery and returns the condition it leaves. A throttle slows every
+    /// step from the next one on; losing the GPU fails every request in the engine at once (their
+    /// handlers answer as vLLM's do when its engine dies) and refuses new ones until recovery.
+    pub fn degrade(&self, change: Degrade) -> Condition {
+        let mut guard = self.lock();
+        let core = &mut *guard;
+        if let Some(speed) = change.speed {
+            core.engine.set_speed(speed);
+            core.condition.speed = speed;
+        }
+        if let Some(lost) = change.lost {
+            if lost && !core.condition.lost {
+                for (id, stream) in core.streams.drain() {
+                    let _ = stream.tx.send(Progress::Failed);
+                    core.engine.cancel(id);
+                }
+            }
+            core.condition.lost = lost;
+        }
+        core.condition
+    }
+
+    /// The GPUs an agent beside this engine reads (`GET /lab/gpus`): one [`fault::H100`] in the
+    /// engine's condition.
+    pub fn gpus(&self) -> Vec<inferpick_schema::Gpu> {
+        fault::gpus(&fault::H100, &self.gpu_uuid, self.condition())
+    }
+
+    /// Starts recording when each generation request arrives (whether or not it is served), for
+    /// [`Emulator::arrivals`].
+    pub fn record_arrivals(&self) {
+        self.lock().arrivals.get_or_insert_with(Vec::new);
+    }
+
+    /// When each generation request arrived since [`Emulator::record_arrivals`] (empty before).
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.lock().arrivals.clone().unwrap_or_default()
+    }
+
+    /// Notes a generation request's arrival, if arrivals are recorded.
+    fn note_arrival(&self) {
+        if let Some(a) = &mut self.lock().arrivals {
+            a.push(Instant::now());
+        }
     }
 
     /// `/metrics` in the configured dialect.

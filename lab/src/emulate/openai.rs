@@ -1,6 +1,7 @@
 //! The OpenAI-compatible HTTP surface of an emulated server: `/v1/completions`,
 //! `/v1/chat/completions` (streaming SSE and not, `n` choices per prompt, batches of prompts),
-//! `/v1/models`, `/metrics`, `/health`, and what peer routers ask a worker ([`peers`]).
+//! `/v1/models`, `/metrics`, `/health`, what peer routers ask a worker ([`peers`]), and the
+//! lab's faults on command ([`fault`]).
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -14,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::request::{Api, Prompt, parse};
-use super::{EmulateError, Emulator, Progress, exposition, peers};
+use super::{EmulateError, Emulator, Progress, exposition, fault, peers};
 
 /// The emulator's routes; any other path gets a JSON 404 in OpenAI's error shape.
 pub fn router(emulator: Emulator) -> Router {
@@ -25,8 +26,13 @@ pub fn router(emulator: Emulator) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { StatusCode::OK }))
         .merge(peers::routes())
+        .merge(fault::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            emulator.clone(),
+            fault::gate,
+        ))
         .with_state(emulator)
 }
 
@@ -47,6 +53,15 @@ impl ApiError {
             message: message.into(),
         }
     }
+
+    /// What vLLM answers when its engine died (`EngineDeadError`, a 500).
+    pub(super) fn engine_dead() -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "EngineDeadError",
+            message: EmulateError::Lost.to_string(),
+        }
+    }
 }
 
 impl From<EmulateError> for ApiError {
@@ -58,19 +73,25 @@ impl From<EmulateError> for ApiError {
                 message: e.to_string(),
             },
             EmulateError::TooLong(_) | EmulateError::Tokenize(_) => Self::bad(e.to_string()),
+            EmulateError::Lost => Self::engine_dead(),
         }
+    }
+}
+
+impl ApiError {
+    fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": null,
+            "code": self.status.as_u16(),
+        }})
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": null,
-            "code": self.status.as_u16(),
-        }});
-        (self.status, axum::Json(body)).into_response()
+        (self.status, axum::Json(self.body())).into_response()
     }
 }
 
@@ -197,6 +218,7 @@ async fn whole_response(head: Head, choices: Vec<Choice>) -> Response {
                 Some(Progress::Cached(_)) => {}
                 Some(Progress::Tokens(t)) => n = t,
                 Some(Progress::Done) => break,
+                Some(Progress::Failed) => return ApiError::engine_dead().into_response(),
                 None => {
                     return ApiError {
                         status: StatusCode::SERVICE_UNAVAILABLE,
@@ -293,6 +315,11 @@ impl Streaming {
             Some((_, Progress::Tokens(_))) => {}
             Some((i, Progress::Cached(c))) => self.cached[i] = c,
             Some((i, Progress::Done)) => self.finish(i, &mut out),
+            // vLLM's stream sends the error as an event; its server then exits, so no `[DONE]`.
+            Some((_, Progress::Failed)) => {
+                out.extend_from_slice(&sse(&ApiError::engine_dead().body()));
+                self.over = true;
+            }
             None => (0..self.done.len()).for_each(|i| self.finish(i, &mut out)),
         }
         if !self.over && self.done.iter().all(|d| *d) {

@@ -1,6 +1,7 @@
 //! The emulator's expositions and HTTP API; [`fidelity`] holds the tests of the OpenAI API's
 //! finer points, [`peers`] those of the endpoints other routers read.
 
+mod fault;
 mod fidelity;
 mod peers;
 

@@ -358,6 +358,9 @@ pub struct Engine {
     /// The last applied plan's chunk list, emptied, for the next plan to fill.
     spare_chunks: Vec<(usize, u32)>,
     counters: Counters,
+    /// Fraction of the profile's speed the GPU runs at (1: full; 0.5: every step takes twice as
+    /// long, as on a GPU throttled to half its clock).
+    speed: f64,
 }
 
 impl Engine {
@@ -386,7 +389,23 @@ impl Engine {
             cancels: Vec::new(),
             spare_chunks: Vec::new(),
             counters: Counters::default(),
+            speed: 1.0,
         }
+    }
+
+    /// Runs every step from the next one on at `speed` (0 < speed ≤ 1) of the profile's speed:
+    /// a step takes `1 / speed` times as long, as on a GPU whose clocks are throttled.
+    pub fn set_speed(&mut self, speed: f64) {
+        assert!(
+            speed > 0.0 && speed <= 1.0,
+            "speed {speed} is outside (0, 1]"
+        );
+        self.speed = speed;
+    }
+
+    /// The fraction of the profile's speed steps run at.
+    pub fn speed(&self) -> f64 {
+        self.speed
     }
 
     /// The engine's configuration.
@@ -512,9 +531,9 @@ impl Engine {
             self.spare_chunks = chunks;
             return None;
         }
-        let end = now
-            + self.config.step_time(prefill, u64::from(self.decoding))
+        let work = self.config.step_time(prefill, u64::from(self.decoding))
             + self.config.lora_load * loads;
+        let end = now + work.div_f64(self.speed);
         self.plan = Some(Plan {
             end,
             chunks,
@@ -648,7 +667,7 @@ impl Engine {
             .max(1);
         let steps = prefill.div_ceil(budget).max(1);
         let step_time = c.step_time(0, decoding);
-        let mut t = remaining + step_time * steps as u32 + c.prefill_per_token * prefill as u32;
+        let mut t = step_time * steps as u32 + c.prefill_per_token * prefill as u32;
         // Admission waits for a free batch slot and for KV blocks; both free up as sequences finish.
         let queued = self.waiting.len() as u64 + 1;
         let bt = u64::from(c.block_tokens);
@@ -677,7 +696,8 @@ impl Engine {
                 }
             }
         }
-        t
+        // The step in flight already ends at a real time; what follows runs at today's speed.
+        remaining + t.div_f64(self.speed)
     }
 
     /// Decode steps until finishing sequences free `blocks` KV blocks and `seqs` batch slots.

@@ -288,3 +288,29 @@ fn profiles_override_defaults_and_name_bad_keys() {
     assert!(err.contains("step_base") && err.contains("fast"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn at_half_speed_every_step_takes_twice_as_long() {
+    let config = EngineConfig::default();
+    let full = run_one(&config, 1.0);
+    let half = run_one(&config, 0.5);
+    assert_eq!(full[0].0, config.step_time(1000, 0));
+    assert_eq!(full.len(), half.len());
+    for ((t_full, e_full), (t_half, e_half)) in full.iter().zip(&half) {
+        assert_eq!(e_full, e_half, "the same work in the same order");
+        assert_eq!(*t_half, *t_full * 2, "{e_half:?}");
+    }
+    let mut engine = Engine::new(config.clone());
+    engine.set_speed(0.5);
+    let predicted = engine.predict_ttft(&spec(9, 1000, 1), Duration::ZERO);
+    assert_eq!(predicted, half[0].0, "the oracle sees the throttle too");
+}
+
+/// One 1000-token prompt with 3 output tokens on an engine running at `speed`.
+fn run_one(config: &EngineConfig, speed: f64) -> Vec<(Duration, EngineEvent)> {
+    let mut engine = Engine::new(config.clone());
+    engine.set_speed(speed);
+    assert_eq!(engine.speed(), speed);
+    engine.submit(spec(1, 1000, 3)).unwrap();
+    run(&mut engine, Duration::ZERO)
+}
