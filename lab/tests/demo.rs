@@ -104,6 +104,7 @@ async fn a_short_demo_reports_each_run_and_the_exact_rate() {
         );
     }
     assert!(doc["verdict"].as_str().unwrap().starts_with("inferpick "));
+    assert!(doc.get("faults").is_none(), "no faults, no fault section");
 }
 
 /// The state the picker shows for `address` (`ready`, `not-ready`, …).
@@ -175,4 +176,37 @@ async fn a_lost_pod_refuses_requests_and_the_picker_routes_around_it() {
     assert!(fleet.emulators[1].emulator.arrivals().is_empty());
     drop(gw);
     fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_with_a_fault_injects_it_in_each_run_and_reports_the_shares() {
+    let config = DemoConfig {
+        faults: vec!["pod-0:throttle=0.5@1s".parse().unwrap()],
+        ..config(Duration::from_secs(2), 0.3)
+    };
+    let outcome = demo::run(&config, |_| {}).await.unwrap();
+    let policies: Vec<&str> = outcome.faults.iter().map(|f| f.policy.as_str()).collect();
+    assert_eq!(policies, demo::POLICIES);
+    for (run, load) in outcome.faults.iter().zip(&outcome.runs) {
+        assert_eq!(run.counts.len(), 2, "one window per second");
+        // A loaded machine's picker may refuse a few before they reach the pod.
+        let arrived = u64::from(run.counts.iter().flatten().sum::<u32>());
+        assert!(
+            arrived > 0 && arrived <= load.requests,
+            "{arrived} of {}",
+            load.requests
+        );
+        let f = &run.faults[0];
+        assert_eq!((f.pod, f.at_s, f.expected_share), (0, 1.0, 1.0));
+    }
+    let text = report::text(&config, &outcome);
+    assert!(
+        text.contains("pod-0:throttle=0.5@1s through inferpick: pod-0 should get 100%"),
+        "{text}"
+    );
+    let doc = serde_json::to_value(report::json(&config, &outcome)).unwrap();
+    assert_eq!(
+        doc["faults"][1]["faults"][0]["fault"],
+        "pod-0:throttle=0.5@1s"
+    );
 }
